@@ -1,0 +1,420 @@
+"""`simulate` (diffrax ODE path) and `simulate_analytic` (eigendecomposition path)."""
+
+import math
+from typing import Any
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._circuits import AbstractCircuit
+from ._observe import SettleObserver, resolve_implicit_tolerances
+from ._solution import RESULTS, Solution
+from ._validate import check_positive, is_concrete
+
+
+# Settling band is checked against max|v_steady|; a zero steady state falls back to 1 V.
+_STIFF_RATIO = 100.0  # above this ratio of decay rates, `solver=None` picks an implicit method
+_DIVERGED = 1e3  # a deviation of 1000 full scales during the transient means divergence
+
+
+@jax.custom_jvp
+def _eig(a):
+    return jnp.linalg.eig(a)
+
+
+@_eig.defjvp
+def _eig_jvp(primals, tangents):
+    # jnp.linalg.eig has no eigenvector derivative. For a diagonalizable matrix with distinct
+    # eigenvalues, A = V L V^-1 gives dL = diag(V^-1 dA V) and dV = V (F * (V^-1 dA V)) with
+    # F_ij = 1/(l_j - l_i) off the diagonal. This fixes the gauge of each eigenvector (no
+    # component along itself); every quantity amcdyn derives (V^-1 y0 scaled back by V) is
+    # gauge-invariant. Degenerate pairs get F = 0.
+    (a,), (da,) = primals, tangents
+    lam, v = _eig(a)
+    ctype = lam.dtype
+    vinv_da_v = jnp.linalg.solve(v, da.astype(ctype) @ v)
+    diff = lam[None, :] - lam[:, None]
+    tiny = jnp.finfo(a.dtype).eps * jnp.max(jnp.abs(lam)) * 16
+    f = jnp.where(jnp.abs(diff) > tiny, 1 / jnp.where(jnp.abs(diff) > tiny, diff, 1), 0)
+    dlam = jnp.diagonal(vinv_da_v)
+    dv = v @ (f * vinv_da_v)
+    return (lam, v), (dlam, dv)
+
+
+def _time_unit(circuit: AbstractCircuit):
+    # Integrate in tau = w_ref * t so that a step is O(1) whatever f_GBW is (float32 friendly).
+    # The answer does not depend on this choice, so it carries no gradient.
+    return jax.lax.stop_gradient(2 * math.pi * jnp.max(circuit.amplifier_gbw()))
+
+
+def _eig_summary(lam, w_ref):
+    maxre = jnp.max(lam.real)
+    slow = jnp.argmax(lam.real)
+    stable = maxre < -1e-9 * w_ref
+    tau = jnp.where(stable, -1 / maxre, jnp.inf)
+    osc = jnp.abs(lam[slow].imag) > 1e-6 * jnp.abs(lam[slow])
+    return maxre, tau, osc, stable
+
+
+def _default_t_max(maxre, stable, tol, w_ref):
+    # Stable: the slowest mode needs ln(1/tol)/r; take 1.5 ln(10/tol)/r to leave room for
+    # mode amplitudes above full scale (non-normal matrices) and oscillatory approach.
+    # Unstable: run long enough to see the offending mode grow by ~1000x.
+    settle = 1.5 * jnp.log(10 / tol) / jnp.maximum(-maxre, 1e-12 * w_ref)
+    grow = jnp.log(1e3) / jnp.maximum(maxre, 1e-3 * w_ref)
+    return jax.lax.stop_gradient(jnp.where(stable, settle, grow))
+
+
+def _rel_error(x, x_exact):
+    err = jnp.linalg.norm(x - x_exact) / jnp.linalg.norm(x_exact)
+    return err, -jnp.log2(err)
+
+
+def _check_options(tol, t_max, n_save):
+    check_positive("tol", tol)
+    if is_concrete(tol) and np.any(np.asarray(tol) >= 1):
+        raise ValueError(f"`tol` must be < 1 (a relative band), got {tol!r}")
+    if t_max is not None:
+        check_positive("t_max", t_max)
+    if not isinstance(n_save, int) or n_save < 0:
+        raise ValueError(f"`n_save` must be a non-negative int, got {n_save!r}")
+
+
+def _pick_solver(circuit):
+    """Tsit5 for well-conditioned circuits, Kvaerno5 for stiff ones (decided eagerly)."""
+    leaves = jax.tree_util.tree_leaves(eqx.filter(circuit, eqx.is_array))
+    if not all(is_concrete(x) for x in leaves):
+        return dfx.Tsit5()  # traced: no value-dependent (static) choice possible
+    lam = np.linalg.eigvals(np.asarray(circuit.dynamics().jacobian(), dtype=float))
+    re = -lam.real
+    if np.all(re > 0) and re.max() / re.min() > _STIFF_RATIO:
+        return dfx.Kvaerno5()
+    return dfx.Tsit5()
+
+
+def simulate(
+    circuit: AbstractCircuit,
+    *,
+    tol: float | Float[Array, ""] = 1e-3,
+    t_max: float | Float[Array, ""] | None = None,
+    solver: dfx.AbstractSolver | None = None,
+    stepsize_controller: dfx.AbstractStepSizeController | None = None,
+    adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint(),
+    n_save: int = 201,
+    max_steps: int = 16384,
+    stability: bool = True,
+    substeps: int = 8,
+    throw: bool = True,
+) -> Solution:
+    r"""Integrate a circuit's transient from rest (all outputs 0 V, input stepped on at $t=0$).
+
+    The ODE is solved with diffrax in the scaled time $\tau = \omega_\mathrm{ref} t$. The
+    settling time is measured during integration on each step's dense interpolant (see
+    `SettleObserver`), so it is not snapped to a saved step.
+
+    **Arguments:**
+
+    - `circuit`: an [`amcdyn.INV`][], [`amcdyn.MVM`][], ...
+    - `tol`: relative settling band $\varepsilon$ (default 1e-3).
+    - `t_max`: end time (s). Default: $1.5\ln(10/\varepsilon)/r$ with $r$ the slowest decay
+      rate from the eigenvalues of the linearized system.
+    - `solver`: any diffrax solver. Default: `Tsit5` for well-conditioned circuits, `Kvaerno5`
+      when the ratio of decay rates exceeds 100 (decided only for concrete circuits: under
+      `jit`/`vmap` the default is `Tsit5`; pass a solver, or use [`amcdyn.simulate_analytic`][]).
+    - `stepsize_controller`: default `PIDController(rtol=1e-2·tol, atol=1e-2·tol·FS)`.
+    - `adjoint`: any diffrax adjoint (default `RecursiveCheckpointAdjoint`).
+    - `n_save`: number of uniformly spaced saved waveform points (0 saves none: fastest).
+    - `max_steps`: diffrax step budget.
+    - `stability`: compute the eigenvalues of the linearized system (a dense `eig`; skip it in
+      large batches when `t_max` is given: instability is then detected from the transient).
+    - `substeps`: sub-intervals per step on which the interpolant is evaluated for the
+      settling measurement.
+    - `throw`: raise on any outcome other than `settled`; with `False` read `Solution.result`.
+
+    **Returns:** a [`amcdyn.Solution`][].
+    """
+    _check_options(tol, t_max, n_save)
+    if not isinstance(substeps, int) or substeps < 2 or substeps % 2:
+        raise ValueError(f"`substeps` must be an even int >= 2, got {substeps!r}")
+    if solver is None:
+        solver = _pick_solver(circuit)
+    return _simulate(
+        circuit,
+        jnp.asarray(tol),
+        None if t_max is None else jnp.asarray(t_max),
+        solver,
+        stepsize_controller,
+        adjoint,
+        n_save,
+        max_steps,
+        stability or t_max is None,
+        substeps,
+        throw,
+    )
+
+
+@eqx.filter_jit
+def _simulate(
+    circuit, tol, t_max, solver, controller, adjoint, n_save, max_steps, stability, substeps, throw
+):
+    dyn = circuit.dynamics()
+    dtype = dyn.dtype
+    tol = tol.astype(dtype)
+    y_ss = dyn.steady_state()
+    v_ss = dyn.outputs(y_ss)
+    fs = jnp.max(jnp.abs(v_ss))
+    fs_safe = jax.lax.stop_gradient(jnp.where(fs > 0, fs, 1.0))
+    w_ref = _time_unit(circuit).astype(dtype)
+
+    if stability:
+        lam = jnp.linalg.eigvals(jax.lax.stop_gradient(dyn.jacobian()))
+        maxre, tau_slow, osc, stable = _eig_summary(lam, w_ref)
+    else:
+        lam = None
+        maxre, tau_slow = jnp.asarray(jnp.nan, dtype), jnp.asarray(jnp.nan, dtype)
+        osc, stable = jnp.asarray(False), jnp.asarray(True)
+    if t_max is None:
+        t_end = _default_t_max(maxre, stable, tol, w_ref)
+    else:
+        t_end = t_max.astype(dtype)
+    t1 = t_end * w_ref
+
+    if controller is None:
+        rtol = 1e-2 * jax.lax.stop_gradient(tol)
+        controller = dfx.PIDController(rtol=rtol, atol=rtol * fs_safe)
+    inner = resolve_implicit_tolerances(solver, controller)
+    observer = SettleObserver(
+        inner, n_outputs=dyn.n_outputs, v_ref=v_ss, fs=fs_safe, tol=tol, substeps=substeps
+    )
+    term = dfx.ODETerm(lambda t, y, args: dyn.vector_field(y) / w_ref)
+    if n_save > 0:
+        ts = jnp.linspace(0, 1, n_save, dtype=dtype) * t1
+        saveat = dfx.SaveAt(
+            subs=[
+                dfx.SubSaveAt(ts=ts, fn=lambda t, y, args: dyn.outputs(y)),
+                dfx.SubSaveAt(t1=True),
+            ],
+            solver_state=True,
+        )
+    else:
+        saveat = dfx.SaveAt(t1=True, solver_state=True)
+    sol = dfx.diffeqsolve(
+        term,
+        observer,
+        jnp.zeros((), dtype),
+        t1,
+        None,
+        jnp.zeros(dyn.n_states, dtype),
+        saveat=saveat,
+        stepsize_controller=controller,
+        adjoint=adjoint,
+        max_steps=max_steps,
+        throw=False,
+    )
+    if n_save > 0:
+        vs, y_final = sol.ys[0], sol.ys[1][-1]
+        ts = ts / w_ref
+    else:
+        y_final = sol.ys[-1]
+        ts = jnp.zeros((0,), dtype)
+        vs = jnp.zeros((0, dyn.n_outputs), dtype)
+    track = sol.solver_state[1]
+
+    v_final = dyn.outputs(y_final)
+    x = circuit.decode(v_final)
+    x_exact = circuit.exact_solution()
+    rel_error, bits = _rel_error(x, x_exact)
+    dev_final = jnp.max(jnp.abs(v_final - v_ss)) / fs_safe
+    finite = jnp.all(jnp.isfinite(y_final)) & jnp.isfinite(track.t_last)
+    unstable = (~stable) | (track.max_dev > _DIVERGED)
+    result = RESULTS.where(
+        ~finite,
+        RESULTS.nonfinite,
+        RESULTS.where(
+            sol.result == dfx.RESULTS.max_steps_reached,
+            RESULTS.max_steps,
+            RESULTS.where(
+                unstable,
+                RESULTS.unstable,
+                RESULTS.where(dev_final > tol, RESULTS.not_settled, RESULTS.settled),
+            ),
+        ),
+    )
+    t_settle = track.t_last / w_ref
+    t_settle = jnp.where(
+        result == RESULTS.settled,
+        t_settle,
+        jnp.where((result == RESULTS.unstable) | (result == RESULTS.nonfinite), jnp.nan, jnp.inf),
+    )
+    out = Solution(
+        ts=ts,
+        vs=vs,
+        v_final=v_final,
+        v_steady=v_ss,
+        solution=x,
+        exact=x_exact,
+        rel_error=rel_error,
+        bits=bits,
+        settling_time=t_settle,
+        settle_integral=track.integral / w_ref,
+        t_max=t_end,
+        tol=tol,
+        eigenvalues=lam,
+        max_real_eig=maxre,
+        slowest_time_constant=tau_slow,
+        oscillatory=osc,
+        stable=stable & ~unstable,
+        result=result,
+        num_steps=sol.stats["num_accepted_steps"],
+    )
+    if throw:
+        out = result.error_if(out, result != RESULTS.settled)
+    return out
+
+
+def simulate_analytic(
+    circuit: AbstractCircuit,
+    *,
+    tol: float | Float[Array, ""] = 1e-3,
+    t_max: float | Float[Array, ""] | None = None,
+    n_save: int = 201,
+    n_grid: int = 1024,
+    throw: bool = True,
+) -> Solution:
+    r"""Exact transient of a linear circuit, without integrating.
+
+    With $\dot y = Jy + c$, $y(0) = 0$ and $J = V\Lambda V^{-1}$,
+    $y(t) = y^* + V e^{\Lambda t} V^{-1}(0 - y^*)$, which is evaluated at any time. The
+    settling time is the exact last crossing of the band: located on an `n_grid`-point grid over
+    $[0, t_\max]$, then bisected to machine precision on the closed form (its gradient is the
+    implicit-function derivative). `settle_integral` is the closed form
+    $\sum_{kl} a_k^\top a_l (e^{(\lambda_k+\lambda_l)t_\max} - 1)/(\lambda_k + \lambda_l)$.
+    `v_final` is the equilibrium $y^*$. Works under `jit`, `vmap` and `grad` (the
+    eigendecomposition has a custom derivative).
+
+    **Arguments:** as [`amcdyn.simulate`][]; `n_grid` sets the crossing-search grid.
+    **Returns:** a [`amcdyn.Solution`][] (`num_steps` = 0).
+    """
+    _check_options(tol, t_max, n_save)
+    if not isinstance(n_grid, int) or n_grid < 8:
+        raise ValueError(f"`n_grid` must be an int >= 8, got {n_grid!r}")
+    return _simulate_analytic(
+        circuit,
+        jnp.asarray(tol),
+        None if t_max is None else jnp.asarray(t_max),
+        n_save,
+        n_grid,
+        throw,
+    )
+
+
+@eqx.filter_jit
+def _simulate_analytic(circuit, tol, t_max, n_save, n_grid, throw):
+    dyn = circuit.dynamics()
+    dtype = dyn.dtype
+    tol = tol.astype(dtype)
+    w_ref = _time_unit(circuit).astype(dtype)
+    y_ss = dyn.steady_state()
+    v_ss = dyn.outputs(y_ss)
+    fs = jnp.max(jnp.abs(v_ss))
+    fs_safe = jax.lax.stop_gradient(jnp.where(fs > 0, fs, 1.0))
+    jac = dyn.jacobian()
+    lam, vec = _eig(jac)
+    # Output deviation e(t) = sum_k a_k exp(lam_k t), a_k = C v_k (V^-1 (0 - y*))_k.
+    w = jnp.linalg.solve(vec, -y_ss.astype(lam.dtype))
+    amp = dyn.outputs(vec.T).T * w[None, :]  # (outputs, states)
+    maxre, tau_slow, osc, stable = _eig_summary(jax.lax.stop_gradient(lam), w_ref)
+    if t_max is None:
+        t_end = _default_t_max(maxre, stable, tol, w_ref)
+    else:
+        t_end = t_max.astype(dtype)
+
+    def deviation(t):
+        e = (amp @ jnp.exp(lam * t)).real
+        return e
+
+    def dev_norm(t):
+        return jnp.max(jnp.abs(deviation(t))) / fs_safe
+
+    grid = jnp.linspace(0, 1, n_grid, dtype=dtype) * t_end
+    dev = jax.vmap(dev_norm)(jax.lax.stop_gradient(grid))
+    above = dev > tol
+    k = jnp.max(jnp.where(above, jnp.arange(n_grid), -1))
+    kk = jnp.clip(k, 0, n_grid - 2)
+
+    def bisect(_, bracket):
+        lo, hi = bracket
+        mid = (lo + hi) / 2
+        out = dev_norm(mid) > tol
+        return jnp.where(out, mid, lo), jnp.where(out, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(
+        0, 60, bisect, jax.lax.stop_gradient((grid[kk], grid[kk + 1]))
+    )
+    t_b = jax.lax.stop_gradient((lo + hi) / 2)
+    # Implicit-function gradient: g(t*, p) = tol, so dt*/dp = -(dg/dp) / (dg/dt).
+    g = dev_norm(t_b)
+    dgdt = jax.lax.stop_gradient(jax.grad(dev_norm)(t_b))
+    t_settle = t_b - (g - jax.lax.stop_gradient(g)) / jnp.where(dgdt != 0, dgdt, 1)
+    t_settle = jnp.where(k < 0, jnp.zeros((), dtype), t_settle)
+
+    lsum = lam[:, None] + lam[None, :]
+    safe = jnp.where(lsum == 0, 1, lsum)
+    kern = jnp.where(lsum == 0, t_end, jnp.expm1(lsum * t_end) / safe)
+    integral = (jnp.sum((amp.T @ amp) * kern)).real / fs_safe**2
+
+    if n_save > 0:
+        ts = jnp.linspace(0, 1, n_save, dtype=dtype) * t_end
+        vs = v_ss[None, :] + jax.vmap(deviation)(ts)
+    else:
+        ts = jnp.zeros((0,), dtype)
+        vs = jnp.zeros((0, dyn.n_outputs), dtype)
+
+    x = circuit.decode(v_ss)
+    x_exact = circuit.exact_solution()
+    rel_error, bits = _rel_error(x, x_exact)
+    finite = jnp.all(jnp.isfinite(v_ss)) & jnp.all(jnp.isfinite(lam))
+    result = RESULTS.where(
+        ~finite,
+        RESULTS.nonfinite,
+        RESULTS.where(
+            ~stable,
+            RESULTS.unstable,
+            RESULTS.where(dev[-1] > tol, RESULTS.not_settled, RESULTS.settled),
+        ),
+    )
+    t_settle = jnp.where(
+        result == RESULTS.settled,
+        t_settle,
+        jnp.where((result == RESULTS.unstable) | (result == RESULTS.nonfinite), jnp.nan, jnp.inf),
+    )
+    out = Solution(
+        ts=ts,
+        vs=vs,
+        v_final=v_ss,
+        v_steady=v_ss,
+        solution=x,
+        exact=x_exact,
+        rel_error=rel_error,
+        bits=bits,
+        settling_time=t_settle,
+        settle_integral=integral,
+        t_max=t_end,
+        tol=tol,
+        eigenvalues=jax.lax.stop_gradient(lam),
+        max_real_eig=maxre,
+        slowest_time_constant=tau_slow,
+        oscillatory=osc,
+        stable=stable,
+        result=result,
+        num_steps=jnp.zeros((), jnp.int32),
+    )
+    if throw:
+        out = result.error_if(out, result != RESULTS.settled)
+    return out
+
+
