@@ -3,10 +3,15 @@
 import importlib.metadata
 
 from ._circuits import (
-    AbstractCircuit as AbstractCircuit,
-    AbstractDynamics as AbstractDynamics,
     INV as INV,
     MVM as MVM,
+    AbstractCircuit as AbstractCircuit,
+    AbstractDynamics as AbstractDynamics,
+)
+from ._ngspice import (
+    SpiceSolution as SpiceSolution,
+    simulate_spice as simulate_spice,
+    spice_netlist as spice_netlist,
 )
 from ._opamp import OpAmp as OpAmp
 from ._simulate import simulate as simulate, simulate_analytic as simulate_analytic

@@ -89,6 +89,14 @@ def _check_vector(name, v, n, what):
     check_finite(name, v)
 
 
+def _check_per_amp(name, value, n):
+    if value is not None and np.ndim(value) > 0 and np.shape(value) != (n,):
+        raise ValueError(
+            f"`{name}` must be a scalar or have one value per amplifier, shape ({n},); "
+            f"got shape {np.shape(value)}"
+        )
+
+
 class _INVDynamics(AbstractDynamics):
     # P = [G+ | G-] / S  (n x 2n) or (G+ - G-)/S (n x n) for ideal inverters.
     p: Float[Array, "n m"]
@@ -107,7 +115,9 @@ class _INVDynamics(AbstractDynamics):
     def vector_field(self, y):
         n = self.n_outputs
         v = y[:n]
-        dv = -self.w0 * v - self.w_t * (self.p @ y + self.c)
+        # Multiply-and-sum rather than `p @ y`: under vmap a batched matvec becomes one tiny GEMM
+        # call per circuit on XLA:CPU, while this fuses into a single loop.
+        dv = -self.w0 * v - self.w_t * (jnp.sum(self.p * y, axis=1) + self.c)
         if self.inv_w_t is None:
             return dv
         z = y[n:]
@@ -180,9 +190,13 @@ class INV(AbstractCircuit):
                 raise ValueError(f"`{name}` must have shape {(n, n)}, got {np.shape(g)}")
             check_nonnegative(name, g)
         if self.inverters not in ("opamp", "ideal", "none"):
-            raise ValueError(f"`inverters` must be 'opamp', 'ideal' or 'none', got {self.inverters!r}")
+            raise ValueError(
+                f"`inverters` must be 'opamp', 'ideal' or 'none', got {self.inverters!r}"
+            )
         if self.input_mode not in ("current", "voltage"):
-            raise ValueError(f"`input_mode` must be 'current' or 'voltage', got {self.input_mode!r}")
+            raise ValueError(
+                f"`input_mode` must be 'current' or 'voltage', got {self.input_mode!r}"
+            )
         if (self.inverters == "opamp") != (self.inverter is not None):
             raise ValueError("`inverter` must be an OpAmp exactly when `inverters='opamp'`")
 
@@ -222,8 +236,26 @@ class INV(AbstractCircuit):
         n = np.shape(a)[0]
         _check_vector("b", b, n, "an INV of this matrix")
         check_positive("g0", g0)
+        if is_concrete(a):
+            rank = np.linalg.matrix_rank(np.asarray(a, dtype=float))
+            if rank < n:
+                raise ValueError(
+                    f"`a` is singular (rank {rank} < {n}): INV has no solution to settle to"
+                )
         if inverters not in ("opamp", "ideal"):
             raise ValueError(f"`inverters` must be 'opamp' or 'ideal', got {inverters!r}")
+        if inverter_a0 is not None:
+            check_positive("inverter_a0", inverter_a0, allow_inf=True)
+        if inverter_f_gbw is not None:
+            check_positive("inverter_f_gbw", inverter_f_gbw)
+        for name, value in (
+            ("a0", a0),
+            ("f_gbw", f_gbw),
+            ("inverter_a0", inverter_a0),
+            ("inverter_f_gbw", inverter_f_gbw),
+            ("g_in", g_in),
+        ):
+            _check_per_amp(name, value, n)
         if g_in is not None:
             check_positive("g_in", g_in)
         a = jnp.asarray(a)
@@ -382,6 +414,8 @@ class MVM(AbstractCircuit):
         check_positive("g0", g0)
         if g_f is not None:
             check_positive("g_f", g_f)
+        for name, value in (("a0", a0), ("f_gbw", f_gbw), ("g_f", g_f)):
+            _check_per_amp(name, value, np.shape(a)[0])
         a = jnp.asarray(a)
         g0 = jnp.asarray(g0)
         g_pos, g_neg = _split(a, g0)

@@ -12,6 +12,12 @@ accepted steps contribute.
 from typing import Any
 
 import diffrax as dfx
+
+
+try:
+    from diffrax import use_stepsize_tol as _USE_STEPSIZE_TOL
+except ImportError:  # diffrax 0.7.x keeps it in a private module
+    from diffrax._root_finder import use_stepsize_tol as _USE_STEPSIZE_TOL
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -41,6 +47,12 @@ class SettleObserver(dfx.AbstractWrappedSolver):
         return self.solver.interpolation_cls
 
     @property
+    def scan_kind(self):
+        # diffrax.ForwardMode reads (and for None, rewrites) this on Runge-Kutta solvers; the
+        # isinstance checks are forwarded through the wrapper, so forward it as well.
+        return self.solver.scan_kind
+
+    @property
     def root_finder(self):
         # Lets diffrax's implicit-solver tolerance plumbing see through the wrapper.
         return self.solver.root_finder
@@ -58,6 +70,27 @@ class SettleObserver(dfx.AbstractWrappedSolver):
         d = y[..., : self.n_outputs] - self.v_ref
         return jnp.max(jnp.abs(d), axis=-1) / self.fs, jnp.sum(d * d, axis=-1) / self.fs**2
 
+    def _interpolate_outputs(self, t0, t1, dense_info, s):
+        """Outputs (the first `n_outputs` states) of the step's dense interpolant at times `s`."""
+        n = self.n_outputs
+        cls = self.solver.interpolation_cls
+        if set(dense_info) == {"y0", "y1", "k"}:
+            # diffrax's Runge-Kutta interpolants are linear in (y0, y1, k). Evaluating the
+            # interpolant on unit vectors gives the weights w(s) with
+            # y(s) = w_0 y0 + w_1 y1 + sum_i w_(2+i) k_i, and the outputs are then one small
+            # multiply-and-sum. Under vmap this avoids a batched dot per evaluation, which XLA
+            # runs as one tiny GEMM call per batch element on CPU.
+            stages = dense_info["k"].shape[0]
+            eye = jnp.eye(2 + stages, dtype=s.dtype)
+            basis = cls(t0=t0, t1=t1, y0=eye[0], y1=eye[1], k=eye[2:])
+            w = jax.vmap(basis.evaluate)(s)  # (points, 2 + stages)
+            z = jnp.concatenate(
+                [dense_info["y0"][None, :n], dense_info["y1"][None, :n], dense_info["k"][:, :n]]
+            )
+            return jnp.sum(w[:, :, None] * z[None, :, :].astype(s.dtype), axis=1)
+        interp = cls(t0=t0, t1=t1, **dense_info)
+        return jax.vmap(interp.evaluate)(s)[:, :n]
+
     def init(self, terms, t0, t1, y0, args):
         dev0, _ = self._dev(y0)
         t0 = jnp.asarray(t0, dev0.dtype)
@@ -71,20 +104,13 @@ class SettleObserver(dfx.AbstractWrappedSolver):
         y1, y_error, dense_info, inner_state, result = self.solver.step(
             terms, t0, t1, y0, args, inner_state, made_jump
         )
-        # Only the outputs are needed: slice the dense information (whose leaves end with the
-        # state axis for diffrax's Runge-Kutta family) before building the interpolant.
-        n = self.n_outputs
-        interp = self.solver.interpolation_cls(
-            t0=t0, t1=t1, **jax.tree.map(lambda x: x[..., :n], dense_info)
-        )
         m = self.substeps
         dtype = track.integral.dtype
         t0_ = jnp.asarray(t0, dtype)
         h = jnp.asarray(t1, dtype) - t0_
-        # One vmapped interpolant evaluation at m + 1 points (endpoints included): the op count
-        # per step, not the number of points, is what costs under vmap.
         s = t0_ + h * (jnp.arange(m + 1, dtype=dtype) / m)
-        dev, sq = self._dev(jax.vmap(interp.evaluate)(s))
+        v = self._interpolate_outputs(t0, t1, dense_info, s)
+        dev, sq = self._dev(v)
         tol = self.tol
 
         # Integral of the squared deviation: composite Simpson (m even) on the sub-points.
@@ -100,7 +126,7 @@ class SettleObserver(dfx.AbstractWrappedSolver):
         dlo, dhi = dev[kk], dev[kk + 1]
         tc = lo + (dlo - tol) / jnp.where(dlo > dhi, dlo - dhi, 1) * (hi - lo)
         # One regula-falsi refinement on the sub-bracket that still holds the crossing.
-        dc, _ = self._dev(interp.evaluate(tc))
+        dc, _ = self._dev(self._interpolate_outputs(t0, t1, dense_info, tc[None])[0])
         lo, dlo, hi, dhi = (
             jnp.where(dc > tol, tc, lo),
             jnp.where(dc > tol, dc, dlo),
@@ -128,11 +154,13 @@ def resolve_implicit_tolerances(solver: Any, controller: Any) -> Any:
     if not isinstance(solver, dfx.AbstractImplicitSolver):
         return solver
     rf = solver.root_finder
-    names = [a for a in ("rtol", "atol", "norm") if getattr(rf, a, None) is dfx.use_stepsize_tol]
+    names = [a for a in ("rtol", "atol", "norm") if getattr(rf, a, None) is _USE_STEPSIZE_TOL]
     if not names:
         return solver
     if not isinstance(controller, dfx.AbstractAdaptiveStepSizeController):
-        raise ValueError("An implicit `solver` with a fixed step needs explicit root-finder tolerances")
+        raise ValueError(
+            "An implicit `solver` with a fixed step needs explicit root-finder tolerances"
+        )
     return eqx.tree_at(
         lambda s: tuple(getattr(s.root_finder, a) for a in names),
         solver,

@@ -1,7 +1,6 @@
 """`simulate` (diffrax ODE path) and `simulate_analytic` (eigendecomposition path)."""
 
 import math
-from typing import Any
 
 import diffrax as dfx
 import equinox as eqx
@@ -23,7 +22,8 @@ _DIVERGED = 1e3  # a deviation of 1000 full scales during the transient means di
 
 @jax.custom_jvp
 def _eig(a):
-    return jnp.linalg.eig(a)
+    lam, v = jnp.linalg.eig(a)
+    return lam, v
 
 
 @_eig.defjvp
@@ -167,7 +167,7 @@ def _simulate(
     y_ss = dyn.steady_state()
     v_ss = dyn.outputs(y_ss)
     fs = jnp.max(jnp.abs(v_ss))
-    fs_safe = jax.lax.stop_gradient(jnp.where(fs > 0, fs, 1.0))
+    fs_safe = jnp.where(fs > 0, fs, 1.0)
     w_ref = _time_unit(circuit).astype(dtype)
 
     if stability:
@@ -185,7 +185,14 @@ def _simulate(
 
     if controller is None:
         rtol = 1e-2 * jax.lax.stop_gradient(tol)
-        controller = dfx.PIDController(rtol=rtol, atol=rtol * fs_safe)
+        controller = dfx.PIDController(rtol=rtol, atol=rtol * jax.lax.stop_gradient(fs_safe))
+    if (
+        isinstance(adjoint, dfx.ForwardMode)
+        and isinstance(solver, dfx.AbstractRungeKutta)
+        and solver.scan_kind is None
+    ):
+        # What ForwardMode does to an unwrapped solver (it cannot reach through the wrapper).
+        solver = eqx.tree_at(lambda s: s.scan_kind, solver, "lax", is_leaf=lambda x: x is None)
     inner = resolve_implicit_tolerances(solver, controller)
     observer = SettleObserver(
         inner, n_outputs=dyn.n_outputs, v_ref=v_ss, fs=fs_safe, tol=tol, substeps=substeps
@@ -229,7 +236,9 @@ def _simulate(
     x_exact = circuit.exact_solution()
     rel_error, bits = _rel_error(x, x_exact)
     dev_final = jnp.max(jnp.abs(v_final - v_ss)) / fs_safe
-    finite = jnp.all(jnp.isfinite(y_final)) & jnp.isfinite(track.t_last)
+    finite = (
+        jnp.all(jnp.isfinite(y_final)) & jnp.isfinite(track.t_last) & jnp.all(jnp.isfinite(x_exact))
+    )
     unstable = (~stable) | (track.max_dev > _DIVERGED)
     result = RESULTS.where(
         ~finite,
@@ -244,6 +253,9 @@ def _simulate(
             ),
         ),
     )
+    diverged = (result == RESULTS.unstable) | (result == RESULTS.nonfinite)
+    rel_error = jnp.where(diverged, jnp.nan, rel_error)
+    bits = jnp.where(diverged, jnp.nan, bits)
     t_settle = track.t_last / w_ref
     t_settle = jnp.where(
         result == RESULTS.settled,
@@ -282,7 +294,7 @@ def simulate_analytic(
     tol: float | Float[Array, ""] = 1e-3,
     t_max: float | Float[Array, ""] | None = None,
     n_save: int = 201,
-    n_grid: int = 1024,
+    n_grid: int = 256,
     throw: bool = True,
 ) -> Solution:
     r"""Exact transient of a linear circuit, without integrating.
@@ -321,7 +333,7 @@ def _simulate_analytic(circuit, tol, t_max, n_save, n_grid, throw):
     y_ss = dyn.steady_state()
     v_ss = dyn.outputs(y_ss)
     fs = jnp.max(jnp.abs(v_ss))
-    fs_safe = jax.lax.stop_gradient(jnp.where(fs > 0, fs, 1.0))
+    fs_safe = jnp.where(fs > 0, fs, 1.0)
     jac = dyn.jacobian()
     lam, vec = _eig(jac)
     # Output deviation e(t) = sum_k a_k exp(lam_k t), a_k = C v_k (V^-1 (0 - y*))_k.
@@ -340,8 +352,10 @@ def _simulate_analytic(circuit, tol, t_max, n_save, n_grid, throw):
     def dev_norm(t):
         return jnp.max(jnp.abs(deviation(t))) / fs_safe
 
-    grid = jnp.linspace(0, 1, n_grid, dtype=dtype) * t_end
-    dev = jax.vmap(dev_norm)(jax.lax.stop_gradient(grid))
+    grid = jax.lax.stop_gradient(jnp.linspace(0, 1, n_grid, dtype=dtype) * t_end)
+    e_grid = (jnp.exp(grid[:, None] * jax.lax.stop_gradient(lam)[None, :]) @ amp.T).real
+    e_grid = jax.lax.stop_gradient(e_grid)
+    dev = jnp.max(jnp.abs(e_grid), axis=1) / fs_safe
     above = dev > tol
     k = jnp.max(jnp.where(above, jnp.arange(n_grid), -1))
     kk = jnp.clip(k, 0, n_grid - 2)
@@ -352,9 +366,7 @@ def _simulate_analytic(circuit, tol, t_max, n_save, n_grid, throw):
         out = dev_norm(mid) > tol
         return jnp.where(out, mid, lo), jnp.where(out, hi, mid)
 
-    lo, hi = jax.lax.fori_loop(
-        0, 60, bisect, jax.lax.stop_gradient((grid[kk], grid[kk + 1]))
-    )
+    lo, hi = jax.lax.fori_loop(0, 60, bisect, jax.lax.stop_gradient((grid[kk], grid[kk + 1])))
     t_b = jax.lax.stop_gradient((lo + hi) / 2)
     # Implicit-function gradient: g(t*, p) = tol, so dt*/dp = -(dg/dp) / (dg/dt).
     g = dev_norm(t_b)
@@ -377,7 +389,12 @@ def _simulate_analytic(circuit, tol, t_max, n_save, n_grid, throw):
     x = circuit.decode(v_ss)
     x_exact = circuit.exact_solution()
     rel_error, bits = _rel_error(x, x_exact)
-    finite = jnp.all(jnp.isfinite(v_ss)) & jnp.all(jnp.isfinite(lam))
+    # An unstable circuit never reaches its equilibrium: its error is not a number to report.
+    rel_error = jnp.where(stable, rel_error, jnp.nan)
+    bits = jnp.where(stable, bits, jnp.nan)
+    finite = (
+        jnp.all(jnp.isfinite(v_ss)) & jnp.all(jnp.isfinite(lam)) & jnp.all(jnp.isfinite(x_exact))
+    )
     result = RESULTS.where(
         ~finite,
         RESULTS.nonfinite,
@@ -416,5 +433,3 @@ def _simulate_analytic(circuit, tol, t_max, n_save, n_grid, throw):
     if throw:
         out = result.error_if(out, result != RESULTS.settled)
     return out
-
-

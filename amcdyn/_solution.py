@@ -1,7 +1,6 @@
 """Result of a simulation: waveforms, settling time, precision, stability and status."""
 
 import equinox as eqx
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Complex, Float, Int
 
@@ -19,7 +18,10 @@ class RESULTS(eqx.Enumeration):
         "(see `Solution.max_real_eig` with `throw=False`). For INV the matrix must be "
         "positive-stable after the row scaling S^-1, e.g. symmetric positive definite."
     )
-    nonfinite = "The transient produced non-finite values (NaN or inf)."
+    nonfinite = (
+        "The transient produced non-finite values (NaN or inf), or the exact answer is not finite "
+        "(a singular matrix)."
+    )
     max_steps = (
         "The ODE solver reached `max_steps` before `t_max`: the circuit is probably stiff. Pass an "
         "implicit solver (e.g. `solver=diffrax.Kvaerno5()`), raise `max_steps`, or use "
@@ -43,7 +45,10 @@ class Solution(eqx.Module):
       `exact`: the exact answer by numerical linear algebra.
     - `rel_error`: $\\|x - x^*\\|_2/\\|x^*\\|_2$; `bits`: $-\\log_2$ of it.
     - `settling_time`: last time any output lies outside $\\pm\\varepsilon\\max|v_\\mathrm{steady}|$
-      around its final value (s); `inf` if not settled by `t_max`, `nan` if unstable/non-finite.
+      around its final value (s). The final value is the equilibrium `v_steady` (the
+      $t\\to\\infty$ value of the linear model), which `v_final` matches within the band when the
+      status is `settled`. `inf` if not settled by `t_max`, `nan` if unstable/non-finite.
+    - `rel_error`/`bits` are `nan` for an unstable or non-finite transient.
     - `settle_integral`: $\\int_0^{t_\\max} \\sum_i (v_i(t) - v_{\\mathrm{steady},i})^2 dt /
       \\max|v_\\mathrm{steady}|^2$ (s): a smooth, differentiable settling measure.
     - `t_max`: end of the simulated interval (s); `tol`: the relative band $\\varepsilon$.

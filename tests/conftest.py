@@ -1,0 +1,33 @@
+import os
+
+import jax
+import jax.random as jr
+import pytest
+
+
+jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture
+def getkey():
+    """A function returning a fresh PRNG key at each call (deterministic per test)."""
+    key = [jr.PRNGKey(5678)]
+
+    def _getkey():
+        key[0], sub = jr.split(key[0])
+        return sub
+
+    return _getkey
+
+
+@pytest.fixture(scope="session")
+def ngspice():
+    """The ngspice executable. Missing ngspice fails the test when `CI` is set, else skips it."""
+    from amcdyn import _spice
+
+    if not _spice.ngspice_available():
+        msg = "ngspice is not installed (apt-get install ngspice)"
+        if os.environ.get("CI"):
+            pytest.fail(msg + "; it is required when CI is set")
+        pytest.skip(msg)
+    return "ngspice"

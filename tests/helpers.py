@@ -1,0 +1,68 @@
+"""Test matrices and an independent NumPy reference for linear circuit transients."""
+
+import numpy as np
+import scipy.linalg
+
+
+def rows_to_one(rng, n, *, signed=False):
+    """Zero-diagonal R whose rows of |R| sum to 1 (R >= 0 unless `signed`: random signs)."""
+    r = rng.uniform(0.1, 1.0, (n, n))
+    np.fill_diagonal(r, 0.0)
+    r /= r.sum(axis=1, keepdims=True)
+    if signed:
+        r *= rng.choice([-1.0, 1.0], (n, n))
+    return r
+
+
+def well_conditioned(n, seed, *, signed=False):
+    """A = I + 0.8 R (baseline.md circuits 1a/1b): strictly diagonally dominant, stable INV."""
+    rng = np.random.default_rng(seed)
+    return np.eye(n) + 0.8 * rows_to_one(rng, n, signed=signed)
+
+
+def laplacian_1d(n, off=-0.4995):
+    """1-D Dirichlet Laplacian-like A_ii = 1, A_i,i+-1 = `off` (stiff signed INV)."""
+    return np.eye(n) + off * (np.eye(n, k=1) + np.eye(n, k=-1))
+
+
+def random_vector(n, seed):
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, n)
+
+
+def rhs_for_unit_output(a, seed):
+    """Random b ~ U(-1, 1), scaled so that max|A^-1 b| = 1 (the ideal outputs span +-1 V)."""
+    b = random_vector(a.shape[0], seed)
+    return b / np.max(np.abs(np.linalg.solve(a, b)))
+
+
+def linear_ode(dynamics):
+    """(J, c) of a circuit's y' = J y + c in float64 NumPy, from amcdyn's dynamics object."""
+    jac = np.asarray(dynamics.jacobian(), dtype=np.float64)
+    c = np.asarray(dynamics.vector_field(np.zeros(dynamics.n_states)), dtype=np.float64)
+    return jac, c
+
+
+def exact_transient(jac, c, ts, n_outputs=None):
+    """y(t) = y* + V exp(L t) V^-1 (0 - y*) at each t; returns (Y[:, :n_outputs], y*).
+
+    Checked against scipy's expm at one time point (to guard against a badly conditioned
+    eigenvector basis).
+    """
+    jac = np.asarray(jac, dtype=np.float64)
+    ts = np.asarray(ts, dtype=np.float64)
+    y_ss = -np.linalg.solve(jac, c)
+    lam, vec = np.linalg.eig(jac)
+    w = np.linalg.solve(vec, -y_ss.astype(complex))
+    dev = (np.exp(np.outer(ts, lam)) * w[None, :]) @ vec.T
+    ys = y_ss[None, :] + dev.real
+    k = len(ts) // 8
+    check = y_ss - scipy.linalg.expm(jac * ts[k]) @ y_ss
+    scale = np.max(np.abs(y_ss))
+    assert np.max(np.abs(check - ys[k])) < 1e-10 * scale, "eigenbasis too ill-conditioned"
+    n = len(y_ss) if n_outputs is None else n_outputs
+    return ys[:, :n], y_ss[:n]
+
+
+def max_err_fs(v, v_exact, v_ss):
+    """max |v - v_exact| over times and outputs, relative to full scale max|v_ss|."""
+    return float(np.max(np.abs(np.asarray(v) - np.asarray(v_exact))) / np.max(np.abs(v_ss)))
