@@ -8,6 +8,15 @@ from ._circuits import (
     AbstractCircuit as AbstractCircuit,
     AbstractDynamics as AbstractDynamics,
 )
+from ._devices import (
+    AbstractDeviceStage as AbstractDeviceStage,
+    ConductanceWindow as ConductanceWindow,
+    Programming as Programming,
+    ReadNoise as ReadNoise,
+    StuckAt as StuckAt,
+    Variation as Variation,
+    WriteVerify as WriteVerify,
+)
 from ._ngspice import (
     SpiceSolution as SpiceSolution,
     simulate_spice as simulate_spice,
