@@ -115,9 +115,14 @@ class _INVDynamics(AbstractDynamics):
     def vector_field(self, y):
         n = self.n_outputs
         v = y[:n]
-        # Multiply-and-sum rather than `p @ y`: under vmap a batched matvec becomes one tiny GEMM
-        # call per circuit on XLA:CPU, while this fuses into a single loop.
-        dv = -self.w0 * v - self.w_t * (jnp.sum(self.p * y, axis=1) + self.c)
+        if self.p.shape[0] <= 32:
+            # Small n: multiply-and-sum rather than `p @ y`. Under vmap a batched matvec becomes
+            # one tiny GEMM call per circuit on XLA:CPU, while this fuses into a single loop.
+            # From n ~ 64 the dot is faster again (measured: 2x at n = 64).
+            pu = jnp.sum(self.p * y, axis=1)
+        else:
+            pu = self.p @ y
+        dv = -self.w0 * v - self.w_t * (pu + self.c)
         if self.inv_w_t is None:
             return dv
         z = y[n:]

@@ -622,6 +622,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
 
+    from ._xla_flags import disable_cpu_eigen_threads
+
+    disable_cpu_eigen_threads()  # must precede the first JAX computation
     import jax
 
     prev_x64 = jax.config.jax_enable_x64

@@ -1,6 +1,12 @@
 import os
 
-import jax
+from amcdyn._xla_flags import disable_cpu_eigen_threads
+
+
+# Before JAX initializes its CPU backend (see amcdyn/_xla_flags.py).
+disable_cpu_eigen_threads()
+
+import jax  # noqa: E402
 import jax.random as jr
 import pytest
 

@@ -1,0 +1,210 @@
+"""Benchmark: INV circuits per second, ngspice vs the amcdyn ODE path (batched) vs the analytic path.
+
+One run measures, on the same circuits (signed, well-conditioned INV, A = I + 0.8 R with rows of
+|R| summing to 1, real single-pole inverters, G0 = 100 uS, A0 = 1e5, f_GBW = 100 MHz):
+
+- ngspice: one `ngspice -b` process per netlist, as users run it (default options; tight options
+  as well), wall time per circuit;
+- amcdyn ODE path: `jax.lax.map(simulate, batch_size=chunk)` over 1024 circuits in one compiled
+  call, float32, settling time and relative error per circuit included (no waveform saved);
+- amcdyn analytic path (eigendecomposition), batched the same way;
+- compile time, and gradient-to-forward time ratio of a batched loss.
+
+Usage: `OPENBLAS_NUM_THREADS=1 python studies/bench_core.py [--sizes 8 16 32 64] [--quick]`.
+Writes `studies/results/bench_core.md` (a markdown table) and prints progress.
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+from amcdyn._xla_flags import disable_cpu_eigen_threads  # noqa: E402
+
+
+disable_cpu_eigen_threads()
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+jax.config.update("jax_enable_x64", True)
+
+import amcdyn
+from amcdyn import _ngspice
+
+
+BATCH = 1024
+
+
+def make_batch(n, batch, seed):
+    rng = np.random.default_rng(seed)
+    r = rng.uniform(-1, 1, (batch, n, n))
+    idx = np.arange(n)
+    r[:, idx, idx] = 0
+    r /= np.abs(r).sum(-1, keepdims=True)
+    a = np.eye(n) + 0.8 * r
+    b = rng.uniform(-1, 1, (batch, n))
+    return a, b
+
+
+def timeit(f, *args, repeat=5):
+    out = jax.block_until_ready(f(*args))
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = jax.block_until_ready(f(*args))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def chunk_for(n):
+    # Keep one chunk's conductances (2 n^2 floats per circuit) cache-resident.
+    return int(max(8, min(256, 2**18 // (2 * n * n))))
+
+
+def bench_size(n, args, log):
+    a, b = make_batch(n, BATCH, seed=n)
+    a32, b32 = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    # One t_max for the batch: the default rule (1.5 ln(10/tol)/r) on a handful of circuits,
+    # with 20 % margin; every circuit's status is checked below.
+    t_max = 1.2 * max(
+        float(amcdyn.simulate_analytic(amcdyn.INV.from_matrix(a[i], b[i]), n_save=0).t_max)
+        for i in range(8)
+    )
+    row = {"n": n, "states": 2 * n, "t_max_ns": t_max * 1e9}
+
+    # --- ngspice, one process per netlist
+    k = args.spice_runs if n < 64 else max(2, args.spice_runs // 2)
+    walls, tight_walls, settle_rel = [], [], []
+    for i in range(k):
+        c = amcdyn.INV.from_matrix(a[i], b[i])
+        sp = _ngspice.simulate_spice(c, t_stop=t_max, n_points=200, tight=False)
+        walls.append(sp.wall_time_s)
+        if i < 2:
+            spt = _ngspice.simulate_spice(c, t_stop=t_max, n_points=2000, tight=True)
+            tight_walls.append(spt.wall_time_s)
+            exact = amcdyn.simulate_analytic(c)
+            settle_rel.append(abs(spt.settling_time / float(exact.settling_time) - 1))
+    row["ngspice_ms"] = 1e3 * statistics.median(walls)
+    row["ngspice_tight_ms"] = 1e3 * statistics.median(tight_walls)
+    log(
+        f"  N={n}: ngspice {row['ngspice_ms']:.1f} ms/circuit (tight {row['ngspice_tight_ms']:.1f})"
+    )
+
+    # --- amcdyn ODE path, batched, float32
+    chunk = chunk_for(n)
+
+    def one_ode(ai, bi):
+        s = amcdyn.simulate(
+            amcdyn.INV.from_matrix(ai, bi),
+            t_max=t_max,
+            n_save=0,
+            stability=False,
+            throw=False,
+        )
+        return s.settling_time, s.rel_error, s.result._value
+
+    ode = jax.jit(lambda a_, b_: jax.lax.map(lambda ab: one_ode(*ab), (a_, b_), batch_size=chunk))
+    t = time.perf_counter()
+    compiled = ode.lower(a32, b32).compile()
+    row["compile_s"] = time.perf_counter() - t
+    row["ode_s"], (ts, err, status) = timeit(compiled, a32, b32, repeat=args.repeat)
+    row["ode_us"] = 1e6 * row["ode_s"] / BATCH
+    row["ode_settled"] = int(np.sum(np.asarray(status) == 0))
+
+    # --- analytic path, batched, float64 (eigendecomposition)
+    def one_an(ai, bi):
+        s = amcdyn.simulate_analytic(
+            amcdyn.INV.from_matrix(ai, bi), t_max=t_max, n_save=0, throw=False
+        )
+        return s.settling_time, s.rel_error
+
+    an = jax.jit(lambda a_, b_: jax.lax.map(lambda ab: one_an(*ab), (a_, b_), batch_size=chunk))
+    row["an_s"], (ts_an, err_an) = timeit(
+        an, jnp.asarray(a), jnp.asarray(b), repeat=max(2, args.repeat // 2)
+    )
+    row["an_us"] = 1e6 * row["an_s"] / BATCH
+    ok = np.asarray(status) == 0
+    row["settle_vs_exact"] = float(
+        np.max(np.abs(np.asarray(ts, float)[ok] / np.asarray(ts_an)[ok] - 1))
+    )
+    row["spice_settle_vs_exact"] = max(settle_rel)
+
+    # --- gradient vs forward of a batched loss (settle_integral + rel_error) w.r.t. f_GBW and G0
+    def loss(p, a_, b_):
+        gbw, g0 = p
+
+        def one(ai, bi):
+            c = amcdyn.INV.from_matrix(ai, bi, f_gbw=gbw, g0=g0, input_mode="voltage")
+            s = amcdyn.simulate(c, t_max=t_max, n_save=0, stability=False, throw=False)
+            return s.settle_integral * 1e8 + s.rel_error
+
+        return jnp.mean(jax.lax.map(lambda ab: one(*ab), (a_, b_), batch_size=chunk))
+
+    p = (jnp.float32(1e8), jnp.float32(1e-4))
+    nb = 256
+    fwd = jax.jit(loss)
+    grd = jax.jit(jax.grad(loss))
+    row["fwd_s"], _ = timeit(fwd, p, a32[:nb], b32[:nb], repeat=args.repeat)
+    row["grad_s"], _ = timeit(grd, p, a32[:nb], b32[:nb], repeat=args.repeat)
+    row["grad_ratio"] = row["grad_s"] / row["fwd_s"]
+
+    row["ode_vs_spice"] = row["ngspice_ms"] * 1e3 / row["ode_us"]
+    row["an_vs_spice"] = row["ngspice_ms"] * 1e3 / row["an_us"]
+    log(
+        f"  N={n}: ODE {row['ode_us']:.1f} us/circuit ({row['ode_vs_spice']:.0f}x ngspice), "
+        f"analytic {row['an_us']:.1f} us ({row['an_vs_spice']:.0f}x), compile {row['compile_s']:.1f} s, "
+        f"grad/fwd {row['grad_ratio']:.2f}, settled {row['ode_settled']}/{BATCH}"
+    )
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32, 64])
+    p.add_argument("--spice-runs", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_core.md")
+    )
+    args = p.parse_args(argv)
+    log = lambda s: print(s, file=sys.stderr, flush=True)
+    log(f"jax {jax.__version__} on {jax.devices()}; batch {BATCH}")
+    rows = []
+    for n in args.sizes:
+        log(f"[{len(rows) + 1}/{len(args.sizes)}] N = {n}")
+        rows.append(bench_size(n, args, log))
+    lines = [
+        "# amcdyn core benchmark: INV circuits per second",
+        "",
+        f"_{time.strftime('%Y-%m-%d %H:%M')}, jax {jax.__version__}, {jax.devices()[0].platform}, "
+        f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; batch {BATCH}; "
+        "signed well-conditioned INV with single-pole inverters (2N states); ngspice: one "
+        "`ngspice -b` process per netlist (default options, 200 points); ODE: diffrax Tsit5 "
+        "(rtol 1e-5), float32, settling time + error per circuit, no waveform saved; analytic: "
+        "eigendecomposition, float64. Ratios are from this run._",
+        "",
+        "| N | states | ngspice [ms/circuit] | ngspice tight [ms] | ODE batched [us/circuit] | ODE circuits/s | ODE vs ngspice | analytic [us/circuit] | analytic vs ngspice | compile [s] | grad/fwd (B=256) | settled | ODE settle vs exact (max rel) | ngspice-tight settle vs exact |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['n']} | {r['states']} | {r['ngspice_ms']:.1f} | {r['ngspice_tight_ms']:.1f} | "
+            f"{r['ode_us']:.1f} | {1e6 / r['ode_us']:,.0f} | {r['ode_vs_spice']:,.0f}x | {r['an_us']:.1f} | "
+            f"{r['an_vs_spice']:,.0f}x | {r['compile_s']:.1f} | {r['grad_ratio']:.2f} | "
+            f"{r['ode_settled']}/{BATCH} | {r['settle_vs_exact']:.1e} | {r['spice_settle_vs_exact']:.1e} |"
+        )
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
