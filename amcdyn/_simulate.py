@@ -69,6 +69,12 @@ def _default_t_max(maxre, stable, tol, w_ref):
     return jax.lax.stop_gradient(jnp.where(stable, settle, grow))
 
 
+def _settling_or_flag(t_settle, result):
+    """The settling time when settled; inf when not settled in time; nan when it never can."""
+    never = (result == RESULTS.unstable) | (result == RESULTS.nonfinite)
+    return jnp.where(result == RESULTS.settled, t_settle, jnp.where(never, jnp.nan, jnp.inf))
+
+
 def _rel_error(x, x_exact):
     err = jnp.linalg.norm(x - x_exact) / jnp.linalg.norm(x_exact)
     return err, -jnp.log2(err)
@@ -257,11 +263,7 @@ def _simulate(
     rel_error = jnp.where(diverged, jnp.nan, rel_error)
     bits = jnp.where(diverged, jnp.nan, bits)
     t_settle = track.t_last / w_ref
-    t_settle = jnp.where(
-        result == RESULTS.settled,
-        t_settle,
-        jnp.where((result == RESULTS.unstable) | (result == RESULTS.nonfinite), jnp.nan, jnp.inf),
-    )
+    t_settle = _settling_or_flag(t_settle, result)
     out = Solution(
         ts=ts,
         vs=vs,
@@ -404,11 +406,7 @@ def _simulate_analytic(circuit, tol, t_max, n_save, n_grid, throw):
             RESULTS.where(dev[-1] > tol, RESULTS.not_settled, RESULTS.settled),
         ),
     )
-    t_settle = jnp.where(
-        result == RESULTS.settled,
-        t_settle,
-        jnp.where((result == RESULTS.unstable) | (result == RESULTS.nonfinite), jnp.nan, jnp.inf),
-    )
+    t_settle = _settling_or_flag(t_settle, result)
     out = Solution(
         ts=ts,
         vs=vs,
