@@ -17,12 +17,14 @@ from ._devices import (
     Variation as Variation,
     WriteVerify as WriteVerify,
 )
+from ._montecarlo import MCResult as MCResult, monte_carlo as monte_carlo
 from ._ngspice import (
     SpiceSolution as SpiceSolution,
     simulate_spice as simulate_spice,
     spice_netlist as spice_netlist,
 )
 from ._opamp import OpAmp as OpAmp
+from ._propagator import simulate_expm as simulate_expm
 from ._simulate import simulate as simulate, simulate_analytic as simulate_analytic
 from ._solution import RESULTS as RESULTS, Solution as Solution
 
