@@ -2,12 +2,14 @@
 
 import importlib.metadata
 
+from . import mimo as mimo
 from ._circuits import (
     INV as INV,
     MVM as MVM,
     AbstractCircuit as AbstractCircuit,
     AbstractDynamics as AbstractDynamics,
 )
+from ._converters import ADC as ADC, DAC as DAC
 from ._devices import (
     AbstractDeviceStage as AbstractDeviceStage,
     ConductanceWindow as ConductanceWindow,
@@ -17,6 +19,7 @@ from ._devices import (
     Variation as Variation,
     WriteVerify as WriteVerify,
 )
+from ._ginv import GINV as GINV, Ridge as Ridge
 from ._montecarlo import MCResult as MCResult, monte_carlo as monte_carlo
 from ._ngspice import (
     SpiceSolution as SpiceSolution,

@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._opamp import OpAmp
+from ._converters import ADC, DAC
+from ._opamp import K_GBW, P_STATIC, OpAmp, _check_f_p2
 from ._validate import check_finite, check_ndim, check_nonnegative, check_positive, is_concrete
+from ._wires import _check_resistance, inv_row_operator, mvm_row_operator
 
 
 V0 = 1.0  # Volts per unit of the encoded vectors (b for INV, x for MVM).
@@ -70,6 +72,43 @@ class AbstractCircuit(eqx.Module):
     def amplifier_gbw(self) -> Float[Array, " amps"]:
         """Gain-bandwidth (Hz) of every amplifier; sets the simulation's time unit."""
 
+    def amplifier_power(self) -> Float[Array, ""]:
+        """Static power of all amplifiers (W). Default: the [`amcdyn.OpAmp`][] default power
+        model $P_\\mathrm{static} + k_\\mathrm{GBW} f_\\mathrm{GBW}$ for every amplifier."""
+        return jnp.sum(P_STATIC + K_GBW * self.amplifier_gbw())
+
+    def resistive_power(self, y: Float[Array, " states"]) -> Float[Array, ""]:
+        """Power dissipated in the crossbar and resistors (W) at state `y` (V).
+
+        Default: nothing modelled (0). INV and MVM count every device and resistor, with
+        the summing-node voltages from KCL (not the virtual-ground approximation, which fails
+        during the transient). It must be a quadratic function of `y`.
+        """
+        return jnp.zeros((), y.dtype)
+
+    def converter_energy(self) -> Float[Array, ""]:
+        """Energy of the DAC and ADC conversions of one solve (J); 0 without converters."""
+        return jnp.zeros(())
+
+
+def _convert(converter, v):
+    return v if converter is None else converter(v)
+
+
+def _check_converter(name, value, cls):
+    if value is not None and not isinstance(value, cls):
+        raise ValueError(f"`{name}` must be an amcdyn.{cls.__name__} or None, got {value!r}")
+    return value
+
+
+def _converter_energy(dac, n_in, adc, n_out):
+    e = jnp.zeros(())
+    if dac is not None:
+        e = e + dac.energy(n_in)
+    if adc is not None:
+        e = e + adc.energy(n_out)
+    return e
+
 
 def _split(a, g0):
     return g0 * jnp.maximum(a, 0), g0 * jnp.maximum(-a, 0)
@@ -97,64 +136,187 @@ def _check_per_amp(name, value, n):
         )
 
 
-class _INVDynamics(AbstractDynamics):
-    # P = [G+ | G-] / S  (n x 2n) or (G+ - G-)/S (n x n) for ideal inverters.
-    p: Float[Array, "n m"]
-    c: Float[Array, " n"]  # input current / S  (V)
+def _amp_options(n, *, f_p2, v_os, p_static, k_gbw, inverter_f_p2=None, inverter_v_os=None):
+    """Validate the op-amp non-ideality arguments of `from_matrix`; OpAmp keyword arguments
+    for the main amplifiers and the inverters (which default to the main ones)."""
+    for name, value in (
+        ("f_p2", f_p2),
+        ("v_os", v_os),
+        ("p_static", p_static),
+        ("k_gbw", k_gbw),
+        ("inverter_f_p2", inverter_f_p2),
+        ("inverter_v_os", inverter_v_os),
+    ):
+        _check_per_amp(name, value, n)
+    _check_f_p2("f_p2", f_p2)
+    _check_f_p2("inverter_f_p2", inverter_f_p2)
+    check_finite("v_os", v_os)
+    if inverter_v_os is not None:
+        check_finite("inverter_v_os", inverter_v_os)
+    power = {}
+    if p_static is not None:
+        check_nonnegative("p_static", p_static)
+        power["p_static"] = p_static
+    if k_gbw is not None:
+        check_nonnegative("k_gbw", k_gbw)
+        power["k_gbw"] = k_gbw
+    main = dict(f_p2=f_p2, v_os=v_os, **power)
+    inverter = dict(
+        f_p2=f_p2 if inverter_f_p2 is None else inverter_f_p2,
+        v_os=v_os if inverter_v_os is None else inverter_v_os,
+        **power,
+    )
+    return {"main": main, "inverter": inverter}
+
+
+def _wire_options(r_w, r_w_col):
+    """(r_row, r_col) as arrays, or (None, None) for the ideal crossbar."""
+    if r_w is None and r_w_col is None:
+        return None, None
+    if r_w is not None:
+        _check_resistance("r_w", r_w)
+    if r_w_col is not None:
+        _check_resistance("r_w_col", r_w_col)
+    r_row = 0.0 if r_w is None else r_w
+    r_col = r_row if r_w_col is None else r_w_col
+    return jnp.asarray(r_row), jnp.asarray(r_col)
+
+
+class _LoopDynamics(AbstractDynamics):
+    """Amplifiers whose inverting inputs sit at $u = p\\,y_{:k} + c$ (volts), as a linear ODE.
+
+    Serves every INV, and the MVM with wire resistance or a second pole. State layout (the
+    observed outputs first, as `AbstractDynamics.outputs` requires):
+
+    `[v (n main outputs) | z (n inverter outputs, real inverters only) |
+    x (n main first-pole states, two-pole main amps only) | x' (n inverter first-pole states,
+    two-pole inverters only)]`.
+
+    Main amplifier $i$ amplifies $v_\\mathrm{os} - u_i$ (its + input is grounded); the input
+    offset is folded into `c` ($c = c_\\mathrm{circuit} - v_\\mathrm{os}$). A real inverter
+    amplifies $v'_\\mathrm{os} - (v_j + z_j)/2$ (two equal resistors); `inv_drive` is
+    $\\omega_T' v'_\\mathrm{os}$ (V/s).
+    """
+
+    # (n, k) dense, k = n (v only) or 2n ([v; z]); or (n,) for a diagonal p (u = p v + c).
+    p: Float[Array, "n k"] | Float[Array, " n"]
+    c: Float[Array, " n"]  # (V)
     w0: Float[Array, "*n"]
     w_t: Float[Array, "*n"]
     inv_w0: Float[Array, "*n"] | None
     inv_w_t: Float[Array, "*n"] | None
     n_states: int = eqx.field(static=True)
     n_outputs: int = eqx.field(static=True)
+    w_p2: Float[Array, "*n"] | None = None
+    inv_w_p2: Float[Array, "*n"] | None = None
+    inv_drive: Float[Array, "*n"] | None = None
 
     @property
     def dtype(self):
         return self.p.dtype
 
+    def _offsets(self):
+        """Start indices of the main and inverter first-pole states."""
+        n = self.n_outputs
+        k_inv = 2 * n if self.inv_w_t is not None else n
+        x_main = k_inv if self.w_p2 is not None else 0
+        k = k_inv + (n if self.w_p2 is not None else 0)
+        x_inv = k if self.inv_w_p2 is not None else n
+        return x_main, x_inv
+
+    def _dense_p(self):
+        return jnp.diag(self.p) if self.p.ndim == 1 else self.p
+
     def vector_field(self, y):
         n = self.n_outputs
         v = y[:n]
-        if self.p.shape[0] <= 32:
-            # Small n: multiply-and-sum rather than `p @ y`. Under vmap a batched matvec becomes
-            # one tiny GEMM call per circuit on XLA:CPU, while this fuses into a single loop.
-            # From n ~ 64 the dot is faster again (measured: 2x at n = 64).
-            pu = jnp.sum(self.p * y, axis=1)
+        if self.p.ndim == 1:
+            pu = self.p * v
         else:
-            pu = self.p @ y
-        dv = -self.w0 * v - self.w_t * (pu + self.c)
+            # Under vmap this is one batched dot; on XLA:CPU (jaxlib 0.10.1) it measured 13x
+            # faster than a fused multiply-and-sum for 1024 circuits of 16 x 32.
+            pu = self.p @ y[: self.p.shape[1]]
+        x_main, x_inv = self._offsets()
+        if self.w_p2 is None:
+            dv = -self.w0 * v - self.w_t * (pu + self.c)
+            dx = None
+        else:
+            x = y[x_main : x_main + n]
+            dx = -self.w0 * x - self.w_t * (pu + self.c)
+            dv = self.w_p2 * (x - v)
         if self.inv_w_t is None:
-            return dv
-        z = y[n:]
-        dz = -self.inv_w0 * z - self.inv_w_t * (v + z) / 2
-        return jnp.concatenate([dv, dz])
+            return dv if dx is None else jnp.concatenate([dv, dx])
+        z = y[n : 2 * n]
+        drive = self.inv_drive if self.inv_drive is not None else 0.0
+        if self.inv_w_p2 is None:
+            dz = -self.inv_w0 * z - self.inv_w_t * (v + z) / 2 + drive
+            dxz = None
+        else:
+            xz = y[x_inv : x_inv + n]
+            dxz = -self.inv_w0 * xz - self.inv_w_t * (v + z) / 2 + drive
+            dz = self.inv_w_p2 * (xz - z)
+        parts = [dv, dz] + [d for d in (dx, dxz) if d is not None]
+        return jnp.concatenate(parts)
 
     def jacobian(self):
         n = self.n_outputs
         ones = jnp.ones(n, self.dtype)
-        top = -(self.w_t * ones)[:, None] * self.p
-        top = top.at[:, :n].add(-jnp.diag(self.w0 * ones))
+        idx = jnp.arange(n)
+        p = self._dense_p()
+        x_main, x_inv = self._offsets()
+        jac = jnp.zeros((self.n_states, self.n_states), self.dtype)
+        # Main amplifiers' first pole: -w0 on its own state, -wT p on the driving states.
+        jac = jac.at[x_main : x_main + n, : p.shape[1]].set(-(self.w_t * ones)[:, None] * p)
+        jac = jac.at[x_main + idx, x_main + idx].add(-self.w0 * ones)
+        if self.w_p2 is not None:
+            wp2 = self.w_p2 * ones
+            jac = jac.at[idx, x_main + idx].set(wp2).at[idx, idx].set(-wp2)
         if self.inv_w_t is None:
-            return top
-        iw0 = self.inv_w0 * ones
-        iwt = self.inv_w_t * ones
-        bottom = jnp.concatenate([-jnp.diag(iwt / 2), -jnp.diag(iw0 + iwt / 2)], axis=1)
-        return jnp.concatenate([top, bottom], axis=0)
+            return jac
+        half = self.inv_w_t * ones / 2
+        jac = jac.at[x_inv + idx, idx].set(-half)
+        jac = jac.at[x_inv + idx, n + idx].add(-half)
+        jac = jac.at[x_inv + idx, x_inv + idx].add(-self.inv_w0 * ones)
+        if self.inv_w_p2 is not None:
+            iwp2 = self.inv_w_p2 * ones
+            jac = jac.at[n + idx, x_inv + idx].set(iwp2).at[n + idx, n + idx].set(-iwp2)
+        return jac
 
     def steady_state(self):
-        # Eliminate the inverters: dz = 0 gives z = -beta v, so only an n x n solve remains.
+        # The second poles are unity-gain low-passes (x = v at equilibrium), and the inverters
+        # are eliminated (dz = 0 gives z = -beta v + gamma), so only an n x n solve remains.
         n = self.n_outputs
         ones = jnp.ones(n, self.dtype)
-        m = self.p[:, :n]
+        rhs = -self.c
+        if self.p.ndim == 1:
+            v = rhs / (self.p + self.w0 * ones / (self.w_t * ones))
+        else:
+            m = self.p[:, :n]
+            if self.inv_w_t is not None:
+                iwt = self.inv_w_t * ones
+                denom = self.inv_w0 * ones + iwt / 2
+                beta = (iwt / 2) / denom
+                m = m - self.p[:, n:] * beta[None, :]
+                if self.inv_drive is not None:
+                    gamma = self.inv_drive * ones / denom
+                    rhs = rhs - self.p[:, n:] @ gamma
+            m = m + jnp.diag(self.w0 * ones / (self.w_t * ones))
+            v = jnp.linalg.solve(m, rhs)
+        parts = [v]
         if self.inv_w_t is not None:
-            iwt = self.inv_w_t * ones
-            beta = (iwt / 2) / (self.inv_w0 * ones + iwt / 2)
-            m = m - self.p[:, n:] * beta[None, :]
-        m = m + jnp.diag(self.w0 * ones / (self.w_t * ones))
-        v = jnp.linalg.solve(m, -self.c)
-        if self.inv_w_t is None:
-            return v
-        return jnp.concatenate([v, -beta * v])
+            z = -beta * v
+            if self.inv_drive is not None:
+                z = z + gamma
+            parts.append(z)
+        if self.w_p2 is not None:
+            parts.append(v)
+        if self.inv_w_p2 is not None:
+            parts.append(parts[1])
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
+# The INV's dynamics (the name predates the MVM's use of the same class).
+_INVDynamics = _LoopDynamics
 
 
 class INV(AbstractCircuit):
@@ -171,6 +333,12 @@ class INV(AbstractCircuit):
       \dot V_i = -\omega_0 V_i - \omega_T u_i,\qquad
       \dot z_i = -\omega_0' z_i - \omega_T' \frac{V_i + z_i}{2}.$$
 
+    Op-amp non-idealities (see [`amcdyn.OpAmp`][]): a second pole adds one internal state per
+    amplifier (after the outputs and inverter outputs); an input offset $v_\mathrm{os}$ makes the
+    main amplifiers drive $u_i \to v_\mathrm{os}$ instead of 0. With wire resistance (`r_w`),
+    $u = p\,[V; z] + c$ comes from the exact reduction of the wired crossbars
+    (`amcdyn._wires.inv_row_operator`), so the ODE keeps one state per amplifier.
+
     Build one with [`amcdyn.INV.from_matrix`][].
     """
 
@@ -186,6 +354,10 @@ class INV(AbstractCircuit):
     inverter: OpAmp | None
     inverters: Literal["opamp", "ideal", "none"] = eqx.field(static=True)
     input_mode: Literal["current", "voltage"] = eqx.field(static=True)
+    r_w: Float[Array, ""] | None = None  # row-line wire segment (Ω); None: ideal crossbar
+    r_w_col: Float[Array, ""] | None = None  # column-line wire segment (Ω)
+    dac: DAC | None = None  # quantizes b (V) before it drives the rows
+    adc: ADC | None = None  # quantizes the outputs (V) before decoding
 
     def __check_init__(self):
         n = np.shape(self.a)[0]
@@ -219,6 +391,16 @@ class INV(AbstractCircuit):
         inverter_f_gbw: float | Float[ArrayLike, "*n"] | None = None,
         input_mode: Literal["current", "voltage"] = "current",
         g_in: float | Float[ArrayLike, "*n"] | None = None,
+        f_p2: float | Float[ArrayLike, "*n"] | None = None,
+        v_os: float | Float[ArrayLike, "*n"] = 0.0,
+        inverter_f_p2: float | Float[ArrayLike, "*n"] | None = None,
+        inverter_v_os: float | Float[ArrayLike, "*n"] | None = None,
+        r_w: float | Float[ArrayLike, ""] | None = None,
+        r_w_col: float | Float[ArrayLike, ""] | None = None,
+        p_static: float | Float[ArrayLike, "*n"] | None = None,
+        k_gbw: float | Float[ArrayLike, "*n"] | None = None,
+        dac: DAC | None = None,
+        adc: ADC | None = None,
     ) -> "INV":
         """Map the real square matrix `a` to conductances $G^\\pm = G_0 A^\\pm$.
 
@@ -233,9 +415,22 @@ class INV(AbstractCircuit):
         - `inverter_a0`, `inverter_f_gbw`: the inverters' op-amps (default: same as the main).
         - `input_mode`: `"current"` ($I_i = G_0 b_i$) or `"voltage"` (through `g_in`).
         - `g_in`: input conductance (S) for `input_mode="voltage"`; default `g0`.
+        - `f_p2`: main op-amps' second pole (Hz); `None`/`inf`: single pole.
+        - `v_os`: main op-amps' input offset (V), in series with the + input.
+        - `inverter_f_p2`, `inverter_v_os`: the inverters' (default: same as the main; pass
+          `inverter_f_p2=inf` for single-pole inverters behind two-pole main amplifiers).
+        - `r_w`: wire resistance (Ω, >= 0) of every row-line segment between neighbouring
+          cells (and of every column-line segment unless `r_w_col` is given); `None` (default):
+          ideal crossbar. See `amcdyn._wires` for the geometry.
+        - `r_w_col`: column-line segment resistance (Ω); default `r_w` (0 if only it is given).
+        - `p_static`, `k_gbw`: static power model of every op-amp (W, W/Hz); default
+          [`amcdyn.OpAmp`][]'s.
+        - `dac`, `adc`: an [`amcdyn.DAC`][] quantizing $b$ (in volts) and an
+          [`amcdyn.ADC`][] quantizing the output voltages before decoding; `None`: ideal.
 
         **Raises:** `ValueError` naming the argument for wrong shapes, non-finite entries,
-        non-positive `g0`/`a0`/`f_gbw`, or an unknown option.
+        non-positive `g0`/`a0`/`f_gbw`/`f_p2`, non-finite `v_os`, negative `r_w`, or an
+        unknown option.
         """
         _check_matrix("a", a, square=True)
         n = np.shape(a)[0]
@@ -263,6 +458,16 @@ class INV(AbstractCircuit):
             _check_per_amp(name, value, n)
         if g_in is not None:
             check_positive("g_in", g_in)
+        opts = _amp_options(
+            n,
+            f_p2=f_p2,
+            v_os=v_os,
+            p_static=p_static,
+            k_gbw=k_gbw,
+            inverter_f_p2=inverter_f_p2,
+            inverter_v_os=inverter_v_os,
+        )
+        r_w, r_w_col = _wire_options(r_w, r_w_col)
         a = jnp.asarray(a)
         b = jnp.asarray(b)
         g0 = jnp.asarray(g0)
@@ -270,12 +475,13 @@ class INV(AbstractCircuit):
         topology = inverters
         if is_concrete(a) and not np.any(np.asarray(a) < 0):
             topology = "none"
-        amp = OpAmp(a0, f_gbw)
+        amp = OpAmp(a0, f_gbw, **opts["main"])
         inverter = None
         if topology == "opamp":
             inverter = OpAmp(
                 a0 if inverter_a0 is None else inverter_a0,
                 f_gbw if inverter_f_gbw is None else inverter_f_gbw,
+                **opts["inverter"],
             )
         return cls(
             a=a,
@@ -289,6 +495,10 @@ class INV(AbstractCircuit):
             inverter=inverter,
             inverters=topology,
             input_mode=input_mode,
+            r_w=r_w,
+            r_w_col=r_w_col,
+            dac=_check_converter("dac", dac, DAC),
+            adc=_check_converter("adc", adc, ADC),
         )
 
     @property
@@ -298,7 +508,7 @@ class INV(AbstractCircuit):
     def input_current(self) -> Float[Array, " n"]:
         """Current injected into each row node at the ideal (virtual-ground) operating point (A)."""
         g = self.g0 if self.input_mode == "current" else self.g_in
-        return g * self.b * V0
+        return g * _convert(self.dac, self.b * V0)
 
     def row_conductance(self) -> Float[Array, " n"]:
         """$S_i$: all conductance incident on row node $i$ (S)."""
@@ -309,31 +519,48 @@ class INV(AbstractCircuit):
             s = s + self.g_in
         return s
 
-    def dynamics(self) -> _INVDynamics:
-        s = self.row_conductance()
-        c = self.input_current() / s
-        if self.inverters == "opamp":
-            p = jnp.concatenate([self.g_pos, self.g_neg], axis=1) / s[:, None]
-            inv_w0, inv_w_t, n_states = self.inverter.w0, self.inverter.w_t, 2 * self.n
+    def dynamics(self) -> _LoopDynamics:
+        n = self.n
+        if self.r_w is None:
+            s = self.row_conductance()
+            c = self.input_current() / s
+            if self.inverters == "opamp":
+                p = jnp.concatenate([self.g_pos, self.g_neg], axis=1) / s[:, None]
+            else:
+                g = self.g_pos if self.inverters == "none" else self.g_pos - self.g_neg
+                p = g / s[:, None]
         else:
-            g = self.g_pos if self.inverters == "none" else self.g_pos - self.g_neg
-            p = g / s[:, None]
-            inv_w0 = inv_w_t = None
-            n_states = self.n
-        return _INVDynamics(
+            p, c = inv_row_operator(
+                self.g_pos,
+                None if self.inverters == "none" else self.g_neg,
+                self.input_current(),
+                self.r_w,
+                self.r_w_col,
+                g_in=self.g_in if self.input_mode == "voltage" else None,
+            )
+            if self.inverters == "ideal":
+                p = p[:, :n] - p[:, n:]
+        # The offset v_os in series with the + input: the amplifier sees v_os - u.
+        c = c - self.amp.v_os
+        inv = self.inverter
+        blocks = 1 + self.amp.two_pole + (0 if inv is None else 1 + inv.two_pole)
+        return _LoopDynamics(
             p=p,
             c=c,
             w0=self.amp.w0,
             w_t=self.amp.w_t,
-            inv_w0=inv_w0,
-            inv_w_t=inv_w_t,
-            n_states=n_states,
-            n_outputs=self.n,
+            inv_w0=None if inv is None else inv.w0,
+            inv_w_t=None if inv is None else inv.w_t,
+            n_states=n * blocks,
+            n_outputs=n,
+            w_p2=self.amp.w_p2,
+            inv_w_p2=None if inv is None else inv.w_p2,
+            inv_drive=None if inv is None else inv.w_t * inv.v_os,
         )
 
     def decode(self, v):
         scale = 1.0 if self.input_mode == "current" else self.g0 / self.g_in
-        return -v * scale / V0
+        return -_convert(self.adc, v) * scale / V0
 
     def exact_solution(self):
         return jnp.linalg.solve(self.a, self.b)
@@ -343,6 +570,53 @@ class INV(AbstractCircuit):
         if self.inverter is not None:
             f = jnp.concatenate([f, jnp.broadcast_to(self.inverter.f_gbw, (self.n,))])
         return f
+
+    def amplifier_power(self) -> Float[Array, ""]:
+        """Static power of all op-amps (W): $n$ main amplifiers plus $n$ real inverters.
+
+        Ideal inverters (`inverters="ideal"`) are not modelled and draw nothing.
+        """
+        p = jnp.sum(jnp.broadcast_to(self.amp.power(), (self.n,)))
+        if self.inverter is not None:
+            p = p + jnp.sum(jnp.broadcast_to(self.inverter.power(), (self.n,)))
+        return p
+
+    def resistive_power(self, y):
+        r"""Power in the crossbar devices, the input conductances (voltage mode) and the real
+        inverters' two resistors (W). Row node $u$ from KCL,
+        $S u = I + G^+ V + G^- z\,[+\,G_\mathrm{in} b]$; device $(i,j)$ dissipates
+        $G_{ij}(V_{\mathrm{col},j} - u_i)^2$; an inverter's node sits at $(V + z)/2$, so its
+        resistors dissipate $G_\mathrm{inv}(V - z)^2/2$. Wire resistance is not included in the
+        power (device voltages are those of the ideal crossbar). A current input's source
+        power is not counted."""
+        n = self.n
+        v = y[:n]
+        gp, gn = self.g_pos, self.g_neg
+        if self.inverters == "opamp":
+            z = y[n : 2 * n]
+        elif self.inverters == "ideal":
+            z = -v
+        else:
+            z, gn = jnp.zeros_like(v), jnp.zeros_like(gn)
+        bv = _convert(self.dac, self.b * V0)
+        gc = gp @ v + gn @ z  # device currents into the rows at u = 0
+        if self.input_mode == "voltage":
+            num = gc + self.g_in * bv
+        else:
+            num = gc + self.input_current()
+        u = num / self.row_conductance()
+        # sum_ij G_ij (c_j - u_i)^2 expanded, so that the cost is the two matvecs above.
+        row_g = jnp.sum(gp, axis=1) + jnp.sum(gn, axis=1)
+        p = jnp.sum(jnp.sum(gp, axis=0) * v * v) + jnp.sum(jnp.sum(gn, axis=0) * z * z)
+        p = p - 2 * jnp.sum(u * gc) + jnp.sum(row_g * u * u)
+        if self.input_mode == "voltage":
+            p = p + jnp.sum(self.g_in * (bv - u) ** 2)
+        if self.inverters == "opamp":
+            p = p + jnp.sum(self.g_inv * (v - z) ** 2) / 2
+        return p
+
+    def converter_energy(self):
+        return _converter_energy(self.dac, self.n, self.adc, self.n)
 
 
 class _MVMDynamics(AbstractDynamics):
@@ -375,7 +649,13 @@ class MVM(AbstractCircuit):
     $$\dot V_i = -\omega_0 V_i - \omega_T \frac{\sum_j (G^+_{ij} - G^-_{ij}) x_j + G_f V_i}
       {S_i + G_f},$$
 
-    which settles to $V = -(G_0/G_f) A x$. Build one with [`amcdyn.MVM.from_matrix`][].
+    which settles to $V = -(G_0/G_f) A x$. A TIA offset $v_\mathrm{os}$ (in series with its +
+    input) replaces the virtual ground by $v_\mathrm{os}$, a second pole adds one internal
+    state per TIA, and wire resistance (`r_w`) replaces the row equation by the exact reduction
+    of the wired crossbars (`amcdyn._wires.mvm_row_operator`): $u = a V + d$,
+    $\dot V = -\omega_0 V + \omega_T (v_\mathrm{os} - u)$.
+
+    Build one with [`amcdyn.MVM.from_matrix`][].
     """
 
     kind: ClassVar[str] = "mvm"
@@ -386,6 +666,10 @@ class MVM(AbstractCircuit):
     g_neg: Float[Array, "m n"]
     g_f: Float[Array, "*m"]
     amp: OpAmp
+    r_w: Float[Array, ""] | None = None  # row-line wire segment (Ω); None: ideal crossbar
+    r_w_col: Float[Array, ""] | None = None  # column-line wire segment (Ω)
+    dac: DAC | None = None  # quantizes x (V) before it drives the columns
+    adc: ADC | None = None  # quantizes the outputs (V) before decoding
 
     def __check_init__(self):
         shape = np.shape(self.a)
@@ -405,6 +689,14 @@ class MVM(AbstractCircuit):
         g_f: float | Float[ArrayLike, "*m"] | None = None,
         a0: float | Float[ArrayLike, "*m"] = 1e5,
         f_gbw: float | Float[ArrayLike, "*m"] = 1e8,
+        f_p2: float | Float[ArrayLike, "*m"] | None = None,
+        v_os: float | Float[ArrayLike, "*m"] = 0.0,
+        r_w: float | Float[ArrayLike, ""] | None = None,
+        r_w_col: float | Float[ArrayLike, ""] | None = None,
+        p_static: float | Float[ArrayLike, "*m"] | None = None,
+        k_gbw: float | Float[ArrayLike, "*m"] | None = None,
+        dac: DAC | None = None,
+        adc: ADC | None = None,
     ) -> "MVM":
         """Map the real `(m, n)` matrix `a` to $G^\\pm = G_0 A^\\pm$ (column splitting).
 
@@ -413,6 +705,15 @@ class MVM(AbstractCircuit):
         - `a`: the matrix, shape `(m, n)`; `x`: the input vector, shape `(n,)` (units of 1 V).
         - `g0`: conductance unit (S); `g_f`: TIA feedback conductance (S), default `g0`.
         - `a0`, `f_gbw`: TIA op-amps' DC gain and gain-bandwidth (Hz); scalar or per-row.
+        - `f_p2`: TIAs' second pole (Hz); `None`/`inf`: single pole.
+        - `v_os`: TIAs' input offset (V), in series with the + input.
+        - `r_w`, `r_w_col`: wire segment resistances (Ω) of the row and column lines, as in
+          [`amcdyn.INV.from_matrix`][]; `None`: ideal crossbar.
+        - `p_static`, `k_gbw`: static power model of the TIAs (W, W/Hz).
+        - `dac`, `adc`: converters on the input $x$ and on the outputs, as for INV.
+
+        **Raises:** `ValueError` naming the argument for wrong shapes, non-finite entries,
+        non-positive `g0`/`g_f`/`a0`/`f_gbw`/`f_p2`, non-finite `v_os` or negative `r_w`.
         """
         _check_matrix("a", a, square=False)
         _check_vector("x", x, np.shape(a)[1], "an MVM of this matrix")
@@ -421,6 +722,8 @@ class MVM(AbstractCircuit):
             check_positive("g_f", g_f)
         for name, value in (("a0", a0), ("f_gbw", f_gbw), ("g_f", g_f)):
             _check_per_amp(name, value, np.shape(a)[0])
+        opts = _amp_options(np.shape(a)[0], f_p2=f_p2, v_os=v_os, p_static=p_static, k_gbw=k_gbw)
+        r_w, r_w_col = _wire_options(r_w, r_w_col)
         a = jnp.asarray(a)
         g0 = jnp.asarray(g0)
         g_pos, g_neg = _split(a, g0)
@@ -431,7 +734,11 @@ class MVM(AbstractCircuit):
             g_pos=g_pos,
             g_neg=g_neg,
             g_f=g0 if g_f is None else jnp.asarray(g_f),
-            amp=OpAmp(a0, f_gbw),
+            amp=OpAmp(a0, f_gbw, **opts["main"]),
+            r_w=r_w,
+            r_w_col=r_w_col,
+            dac=_check_converter("dac", dac, DAC),
+            adc=_check_converter("adc", adc, ADC),
         )
 
     @property
@@ -441,19 +748,61 @@ class MVM(AbstractCircuit):
     def row_conductance(self) -> Float[Array, " m"]:
         return jnp.sum(self.g_pos + self.g_neg, axis=1)
 
-    def dynamics(self) -> _MVMDynamics:
+    def dynamics(self) -> _MVMDynamics | _LoopDynamics:
         denom = self.row_conductance() + self.g_f
-        i_in = (self.g_pos - self.g_neg) @ self.x * V0
-        ones = jnp.ones(self.m, denom.dtype)
-        decay = self.amp.w0 * ones + self.amp.w_t * self.g_f / denom
-        drive = -self.amp.w_t * i_in / denom
-        return _MVMDynamics(decay=decay, drive=drive, n_states=self.m, n_outputs=self.m)
+        i_in = (self.g_pos - self.g_neg) @ self.input_voltage()
+        if self.r_w is None and not self.amp.two_pole:
+            # Each row is one independent pole: a diagonal system.
+            ones = jnp.ones(self.m, denom.dtype)
+            decay = self.amp.w0 * ones + self.amp.w_t * self.g_f / denom
+            drive = -self.amp.w_t * i_in / denom + self.amp.w_t * self.amp.v_os
+            return _MVMDynamics(decay=decay, drive=drive, n_states=self.m, n_outputs=self.m)
+        if self.r_w is None:
+            p, c = self.g_f / denom, i_in / denom  # diagonal: u = p V + c
+        else:
+            p, c = mvm_row_operator(
+                self.g_pos, self.g_neg, self.input_voltage(), self.g_f, self.r_w, self.r_w_col
+            )
+        return _LoopDynamics(
+            p=p,
+            c=c - self.amp.v_os,
+            w0=self.amp.w0,
+            w_t=self.amp.w_t,
+            inv_w0=None,
+            inv_w_t=None,
+            n_states=self.m * (1 + self.amp.two_pole),
+            n_outputs=self.m,
+            w_p2=self.amp.w_p2,
+        )
 
     def decode(self, v):
-        return -v * self.g_f / (self.g0 * V0)
+        return -_convert(self.adc, v) * self.g_f / (self.g0 * V0)
 
     def exact_solution(self):
         return self.a @ self.x
 
     def amplifier_gbw(self):
         return jnp.broadcast_to(self.amp.f_gbw, (self.m,))
+
+    def amplifier_power(self) -> Float[Array, ""]:
+        """Static power of the $m$ TIAs (W)."""
+        return jnp.sum(jnp.broadcast_to(self.amp.power(), (self.m,)))
+
+    def input_voltage(self) -> Float[Array, " n"]:
+        """Column drive voltages $x_j\\cdot 1\\,$V after the DAC (V)."""
+        return _convert(self.dac, self.x * V0)
+
+    def resistive_power(self, y):
+        r"""Power in the crossbar devices and the feedback conductances (W), row nodes from
+        KCL, $(S + G_f) u = (G^+ - G^-) x + G_f V$. Wire resistance is not included."""
+        v = y[: self.m]
+        xv = self.input_voltage()
+        gpx, gnx = self.g_pos @ xv, self.g_neg @ xv
+        u = (gpx - gnx + self.g_f * v) / (self.row_conductance() + self.g_f)
+        # sum_ij G+_ij (x_j - u_i)^2 + G-_ij (-x_j - u_i)^2, expanded.
+        p = jnp.sum((self.g_pos + self.g_neg) @ (xv * xv))
+        p = p - 2 * jnp.sum(u * (gpx - gnx)) + jnp.sum(self.row_conductance() * u * u)
+        return p + jnp.sum(self.g_f * (v - u) ** 2)
+
+    def converter_energy(self):
+        return _converter_energy(self.dac, np.shape(self.a)[1], self.adc, self.m)

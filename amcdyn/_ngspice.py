@@ -4,7 +4,8 @@ Glue between the circuit PyTrees ([`amcdyn.INV`][], [`amcdyn.MVM`][]) and the pu
 netlist writer and runner in `amcdyn._spice`:
 
 - `spice_netlist(circuit, t_stop=...)` writes the circuit's transistor-free SPICE netlist (the
-  same single-pole op-amp macromodel, crossbar resistors and sources as the ODE of
+  same op-amp macromodel — one or two poles, input offset —, crossbar resistors, every wire
+  resistor when the circuit has wire resistance, and sources as the ODE of
   `circuit.dynamics()`), from the float64 values of the circuit's leaves.
 - `simulate_spice(circuit)` runs it in ngspice and returns a `SpiceSolution` whose settling
   time uses the same definition as amcdyn's.
@@ -21,8 +22,9 @@ import time
 
 import numpy as np
 
-from . import _spice
+from . import _spice, _spice_ginv
 from ._circuits import INV, MVM, V0, AbstractCircuit
+from ._ginv import GINV, Ridge
 
 
 __all__ = [
@@ -57,7 +59,23 @@ def _output_nodes(circuit: AbstractCircuit) -> list[str]:
         return _spice.inv_output_nodes(circuit.n)
     if isinstance(circuit, MVM):
         return _spice.mvm_output_nodes(circuit.m)
+    if isinstance(circuit, (GINV, Ridge)):
+        return _spice_ginv.output_nodes(circuit)
     raise TypeError(f"no ngspice netlist for {type(circuit).__name__}; expected INV or MVM")
+
+
+def _amp_kw(amp, prefix: str = "") -> dict:
+    """The optional op-amp non-idealities of `amp` as netlist-writer keyword arguments."""
+    return {
+        prefix + "f_p2": None if amp.f_p2 is None else _f64(amp.f_p2),
+        prefix + "v_os": _f64(amp.v_os),
+    }
+
+
+def _wire_kw(circuit) -> dict:
+    if circuit.r_w is None:
+        return {}
+    return {"r_row": float(_f64(circuit.r_w)), "r_col": float(_f64(circuit.r_w_col))}
 
 
 def spice_netlist(
@@ -82,6 +100,11 @@ def spice_netlist(
     VCVS inverters (gain -1) and `"none"` no negative array. `input_mode="current"` injects
     `circuit.input_current()` into the row nodes; `"voltage"` applies $b\\cdot$1 V through
     `g_in`. MVM: TIAs with feedback `g_f` and column splitting of the input voltages.
+
+    Every op-amp carries its second pole (an RC stage and a buffer after the first-pole node)
+    and its input offset (a DC source in series with the non-inverting input) when it has
+    them; a circuit with wire resistance (`r_w`) is written with every wire resistor (the
+    geometry of `amcdyn._wires`).
     """
     _check_unbatched(circuit)
     n_points = _check_points(n_points)
@@ -98,6 +121,8 @@ def spice_netlist(
             tight=tight,
             title=f"amcdyn INV n={circuit.n} inverters={circuit.inverters} "
             f"input={circuit.input_mode}",
+            **_amp_kw(circuit.amp),
+            **_wire_kw(circuit),
         )
         g_neg = None if circuit.inverters == "none" else _f64(circuit.g_neg)
         if circuit.inverters == "opamp":
@@ -105,7 +130,10 @@ def spice_netlist(
                 inverter_a0=_f64(circuit.inverter.a0),
                 inverter_f_gbw=_f64(circuit.inverter.f_gbw),
                 g_inv=_f64(circuit.g_inv),
+                **_amp_kw(circuit.inverter, "inverter_"),
             )
+            if circuit.inverter.f_p2 is None:
+                kw["inverter_f_p2"] = math.inf  # not "same as the main amplifiers"
         if circuit.input_mode == "current":
             drive = _f64(circuit.input_current())
         else:
@@ -125,7 +153,11 @@ def spice_netlist(
             t_step=t_step,
             tight=tight,
             title=f"amcdyn MVM {circuit.m}x{np.shape(circuit.a)[1]}",
+            **_amp_kw(circuit.amp),
+            **_wire_kw(circuit),
         )
+    if isinstance(circuit, (GINV, Ridge)):
+        return _spice_ginv.netlist(circuit, t_stop=t_stop, t_step=t_step, tight=tight)
     raise TypeError(f"no ngspice netlist for {type(circuit).__name__}; expected INV or MVM")
 
 

@@ -30,6 +30,8 @@ from ._simulate import (
     _check_options,
     _default_t_max,
     _eig_summary,
+    _energy,
+    _quadratic_power,
     _rel_error,
     _settling_or_flag,
     _time_unit,
@@ -233,22 +235,24 @@ def _simulate_expm(circuit, tol, t_max, n_steps, save, stability, throw):
     def dev(ed):
         return jnp.max(jnp.abs(ed[:n_out, 0]))
 
+    q_mat, q_lin, q_ss = _quadratic_power(circuit, y_ss)
+
     def quad(ed):
-        # f = |C e|^2 / fs^2 and its time derivative (scaled time).
-        ce, cd = ed[:n_out, 0], ed[:n_out, 1]
-        return jnp.sum(ce * ce), 2 * jnp.sum(ce * cd)
+        # Integrands [|C e|^2, e^T Q e] and their derivatives in scaled time.
+        e, d = ed[:, 0], ed[:, 1]
+        ce, cd = e[:n_out], d[:n_out]
+        qe = q_mat @ e
+        f = jnp.stack([jnp.sum(ce * ce), jnp.sum(qe * e)])
+        g = 2 * jnp.stack([jnp.sum(ce * cd), jnp.sum(qe * d)])
+        return f, g
 
     def advance(ed):
-        if phi.shape[0] <= 64:
-            # Multiply-and-sum: under vmap XLA:CPU turns a batched matvec into one tiny GEMM
-            # call per circuit, while this fuses into a single loop over the batch.
-            return jnp.sum(phi[:, :, None] * ed[None, :, :], axis=1)
         return phi @ ed
 
     phi, head = _propagator_with_head(jac, h, ed0, quad)
 
     def step(carry, k):
-        ed, last_k, last_ed, max_dev, integral = carry
+        ed, last_k, last_ed, last_int, max_dev, integral = carry
         ed_next = advance(ed)
         # The first interval's integral is `head` (geometric grid); the others by Hermite.
         integral = integral + jnp.where(
@@ -257,19 +261,21 @@ def _simulate_expm(circuit, tol, t_max, n_steps, save, stability, throw):
         above = dev(ed_next) > band
         last_k = jnp.where(above, k + 1, last_k)
         last_ed = jnp.where(above, ed_next, last_ed)
+        last_int = jnp.where(above, integral, last_int)
         max_dev = jnp.maximum(max_dev, dev(ed_next))
         out = ed_next[:n_out, 0] if save else None
-        return (ed_next, last_k, last_ed, max_dev, integral), out
+        return (ed_next, last_k, last_ed, last_int, max_dev, integral), out
 
     above0 = dev(ed0) > band
     init = (
         ed0,
         jnp.where(above0, 0, -1),
         ed0,
+        jnp.zeros((2,), dtype),
         dev(ed0),
-        jnp.zeros((), dtype),
+        jnp.zeros((2,), dtype),
     )
-    (ed_end, last_k, last_ed, max_dev, integral), saved = jax.lax.scan(
+    (ed_end, last_k, last_ed, last_int, max_dev, integral), saved = jax.lax.scan(
         step, init, jnp.arange(n_steps)
     )
 
@@ -321,6 +327,18 @@ def _simulate_expm(circuit, tol, t_max, n_steps, save, stability, throw):
     diverged = (result == RESULTS.unstable) | (result == RESULTS.nonfinite)
     rel_error = jnp.where(diverged, jnp.nan, rel_error)
     bits = jnp.where(diverged, jnp.nan, bits)
+    # Resistive energy over [0, t_s]: q(y* + e) = q* + g.e + e^T Q e. The quadratic part is
+    # the grid integral up to t_k plus [t_k, t_s] on the interpolant; the linear part is exact,
+    # int_0^t e dtau = J^-1 (e(t) - e(0)).
+    e_s = _hermite(last_ed[:, 0], last_ed[:, 1], nxt[:, 0], nxt[:, 1], h, theta_s)
+    ed_s = jnp.stack([e_s, jac @ e_s], axis=1)
+    part = _hermite_integral(*quad(last_ed), *quad(ed_s), theta_s * h)[1]
+    tau_s = jnp.where(last_k < 0, 0, t_cross)
+    int_e = jnp.linalg.solve(jac, e_s - e0)
+    e_settle = jnp.where(
+        last_k < 0, 0, (q_ss * tau_s + jnp.sum(q_lin * int_e) + last_int[1] + part) / w_ref
+    )
+    power, energy = _energy(circuit, t_settle, result, e_settle)
     t_settle = _settling_or_flag(t_settle, result)
     if save:
         ts = jnp.linspace(0, 1, n_steps + 1, dtype=dtype) * t_end
@@ -338,7 +356,7 @@ def _simulate_expm(circuit, tol, t_max, n_steps, save, stability, throw):
         rel_error=rel_error,
         bits=bits,
         settling_time=t_settle,
-        settle_integral=integral / (w_ref * fs_safe**2),
+        settle_integral=integral[0] / (w_ref * fs_safe**2),
         t_max=t_end,
         tol=tol,
         eigenvalues=lam,
@@ -348,6 +366,8 @@ def _simulate_expm(circuit, tol, t_max, n_steps, save, stability, throw):
         stable=stable & ~unstable,
         result=result,
         num_steps=jnp.asarray(n_steps, jnp.int32),
+        power=power,
+        energy=energy,
     )
     if throw:
         out = result.error_if(out, result != RESULTS.settled)

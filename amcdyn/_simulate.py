@@ -75,6 +75,23 @@ def _settling_or_flag(t_settle, result):
     return jnp.where(result == RESULTS.settled, t_settle, jnp.where(never, jnp.nan, jnp.inf))
 
 
+def _energy(circuit, t_settle, result, e_resistive):
+    """(amplifier power (W), energy of one solve (J)) given the resistive energy over
+    [0, t_settle]; inf/nan exactly when the settling time is."""
+    dtype = jnp.result_type(t_settle)
+    power = circuit.amplifier_power().astype(dtype)
+    t_s = jnp.where(result == RESULTS.settled, t_settle, 0)
+    e = power * t_s + e_resistive + circuit.converter_energy().astype(dtype)
+    return power, _settling_or_flag(e.astype(dtype), result)
+
+
+def _quadratic_power(circuit, y_ss):
+    """(Q, g, q_ss) with resistive power q(y* + e) = q_ss + g.e + e^T Q e (W): exact for the
+    quadratic `circuit.resistive_power`, derived by autodiff at the equilibrium."""
+    power = circuit.resistive_power
+    return jax.hessian(power)(y_ss) / 2, jax.grad(power)(y_ss), power(y_ss)
+
+
 def _rel_error(x, x_exact):
     err = jnp.linalg.norm(x - x_exact) / jnp.linalg.norm(x_exact)
     return err, -jnp.log2(err)
@@ -203,7 +220,12 @@ def _simulate(
     observer = SettleObserver(
         inner, n_outputs=dyn.n_outputs, v_ref=v_ss, fs=fs_safe, tol=tol, substeps=substeps
     )
-    term = dfx.ODETerm(lambda t, y, args: dyn.vector_field(y) / w_ref)
+    # The last state accumulates the resistive energy: dE/dt = resistive_power(y).
+    def field(t, y, args):
+        ys = y[:-1]
+        return jnp.concatenate([dyn.vector_field(ys), circuit.resistive_power(ys)[None]]) / w_ref
+
+    term = dfx.ODETerm(field)
     if n_save > 0:
         ts = jnp.linspace(0, 1, n_save, dtype=dtype) * t1
         saveat = dfx.SaveAt(
@@ -221,7 +243,7 @@ def _simulate(
         jnp.zeros((), dtype),
         t1,
         None,
-        jnp.zeros(dyn.n_states, dtype),
+        jnp.zeros(dyn.n_states + 1, dtype),
         saveat=saveat,
         stepsize_controller=controller,
         adjoint=adjoint,
@@ -235,6 +257,7 @@ def _simulate(
         y_final = sol.ys[-1]
         ts = jnp.zeros((0,), dtype)
         vs = jnp.zeros((0, dyn.n_outputs), dtype)
+    y_final, e_int = y_final[:-1], y_final[-1]
     track = sol.solver_state[1]
 
     v_final = dyn.outputs(y_final)
@@ -263,6 +286,11 @@ def _simulate(
     rel_error = jnp.where(diverged, jnp.nan, rel_error)
     bits = jnp.where(diverged, jnp.nan, bits)
     t_settle = track.t_last / w_ref
+    # After settling the power stays within O(tol) of its equilibrium value, so the resistive
+    # energy up to the settling time is E(t_max) - q* (t_max - t_s), to O(tol (t_max - t_s)/t_s)
+    # of itself (the exact paths integrate to t_s).
+    e_settle = e_int - circuit.resistive_power(y_ss) * (t_end - jnp.minimum(t_settle, t_end))
+    power, energy = _energy(circuit, t_settle, result, e_settle)
     t_settle = _settling_or_flag(t_settle, result)
     out = Solution(
         ts=ts,
@@ -284,6 +312,8 @@ def _simulate(
         stable=stable & ~unstable,
         result=result,
         num_steps=sol.stats["num_accepted_steps"],
+        power=power,
+        energy=energy,
     )
     if throw:
         out = result.error_if(out, result != RESULTS.settled)
@@ -406,6 +436,19 @@ def _simulate_analytic(circuit, tol, t_max, n_save, n_grid, throw):
             RESULTS.where(dev[-1] > tol, RESULTS.not_settled, RESULTS.settled),
         ),
     )
+    # Resistive energy over [0, t_s]: q(y* + e) = q* + g.e + e^T Q e, in closed form.
+    q_mat, q_lin, q_ss = _quadratic_power(circuit, y_ss)
+    full = vec * w[None, :]  # (states, modes): e(t) = full @ exp(lam t)
+    t_s = jnp.where(result == RESULTS.settled, t_settle, 0)
+    lam_safe = jnp.where(lam == 0, 1, lam)
+    int_exp = jnp.where(lam == 0, t_s, jnp.expm1(lam * t_s) / lam_safe)
+    kern_s = jnp.where(lsum == 0, t_s, jnp.expm1(lsum * t_s) / safe)
+    e_settle = (
+        q_ss * t_s
+        + jnp.sum((q_lin @ full) * int_exp).real
+        + jnp.sum((full.T @ q_mat @ full) * kern_s).real
+    )
+    power, energy = _energy(circuit, t_settle, result, e_settle)
     t_settle = _settling_or_flag(t_settle, result)
     out = Solution(
         ts=ts,
@@ -427,6 +470,8 @@ def _simulate_analytic(circuit, tol, t_max, n_save, n_grid, throw):
         stable=stable,
         result=result,
         num_steps=jnp.zeros((), jnp.int32),
+        power=power,
+        energy=energy,
     )
     if throw:
         out = result.error_if(out, result != RESULTS.settled)

@@ -55,6 +55,10 @@ class Solution(eqx.Module):
     - `eigenvalues`: of the linearized system (1/s), or `None` if not computed;
       `max_real_eig`, `slowest_time_constant` (s), `oscillatory`, `stable`.
     - `result`: a [`amcdyn.RESULTS`][] item; `num_steps`: accepted ODE steps (0 for analytic).
+    - `power`: static power of all amplifiers (W), from the circuit's amplifier power model.
+    - `energy`: energy of one solve (J): `power` x `settling_time`, plus the resistive
+      (crossbar) dissipation $\\int_0^{t_s} \\sum G\\,\\Delta V^2 dt$ over the transient,
+      plus the DAC/ADC conversions. `inf`/`nan` exactly when `settling_time` is.
     """
 
     ts: Float[Array, " times"]
@@ -76,6 +80,8 @@ class Solution(eqx.Module):
     stable: Bool[Array, ""]
     result: RESULTS
     num_steps: Int[Array, ""]
+    power: Float[Array, ""]
+    energy: Float[Array, ""]
 
     @property
     def status(self) -> str:
@@ -110,6 +116,8 @@ class Solution(eqx.Module):
             "t_max_s": f(self.t_max),
             "tol": f(self.tol),
             "num_steps": int(np.asarray(self.num_steps)),
+            "power_w": f(self.power),
+            "energy_j": f(self.energy),
         }
 
 

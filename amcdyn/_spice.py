@@ -20,6 +20,24 @@ each amplifier has its own open-loop gain and gain-bandwidth product::
 
 which gives dVout/dt = -w0*Vout + wT*(v+ - v-) with wT = 2*pi*f_gbw, w0 = wT/a0.
 
+Optional non-idealities of the same macromodel (emitted only when present):
+
+- an input offset v_os: a DC source ``Vos{k} os_{k} inp DC v_os`` in series with the
+  non-inverting input, so that the VCCS sees v(inp) + v_os - v(inm);
+- a second pole f_p2: the first-pole node drives a unity buffer, an RC low-pass
+  (R = 1 kOhm, C = 1/(2*pi*f_p2*R)) and the output buffer::
+
+      Eb{k} b_{k} 0 p{k} 0 1
+      R2{k} b_{k} q_{k} 1000
+      C2{k} q_{k} 0 1/(2*pi*f_p2*1000)
+      E{k}  out 0 q_{k} 0 1
+
+  which gives dx/dt = -w0*x + wT*(v+ - v-), dVout/dt = w_p2*(x - Vout).
+
+Both writers take a wire resistance per row-line and column-line segment (``r_row``,
+``r_col``); when either is positive every crossbar is written as its full resistive grid (see
+`amcdyn._wires` for the geometry and `_crossbar_lines` for the node names).
+
 The inputs are DC sources that are on from t = 0 and the transient runs with ``uic`` so
 that every capacitor (hence every op-amp output) starts at 0 V: a step response.
 
@@ -140,15 +158,94 @@ def _title(title: str) -> str:
     return t or "amcdyn"
 
 
-def _opamp(tag: str, inp: str, inm: str, out: str, a0: float, f_gbw: float) -> list[str]:
-    """Inline single-pole op-amp: dVout/dt = -w0 Vout + wT (v(inp) - v(inm))."""
+_R2 = 1e3  # resistor of the second-pole RC stage (Ohm); internal, only R2*C2 matters
+
+
+def _opamp(
+    tag: str,
+    inp: str,
+    inm: str,
+    out: str,
+    a0: float,
+    f_gbw: float,
+    f_p2: float = math.inf,
+    v_os: float = 0.0,
+) -> list[str]:
+    """Inline op-amp: dx/dt = -w0 x + wT (v(inp) + v_os - v(inm)); Vout = x (single pole,
+    f_p2 = inf) or dVout/dt = w_p2 (x - Vout)."""
     p = f"p_{tag}"
-    lines = [f"* op-amp {tag}: a0={a0!r} f_gbw={f_gbw!r}"]
+    header = f"* op-amp {tag}: a0={a0!r} f_gbw={f_gbw!r}"
+    if math.isfinite(f_p2):
+        header += f" f_p2={f_p2!r}"
+    if v_os != 0.0:
+        header += f" v_os={v_os!r}"
+    lines = [header]
+    if v_os != 0.0:
+        lines.append(f"Vos{tag} os_{tag} {inp} DC {_num(v_os)}")
+        inp = f"os_{tag}"
     lines.append(f"G{tag} 0 {p} {inp} {inm} {_num(GM)}")
     if math.isfinite(a0):
         lines.append(f"R{tag} {p} 0 {_num(a0 / GM)}")
     lines.append(f"C{tag} {p} 0 {_num(GM / (2.0 * math.pi * f_gbw))}")
+    if math.isfinite(f_p2):
+        lines.append(f"Eb{tag} b_{tag} 0 {p} 0 1")
+        lines.append(f"R2{tag} b_{tag} q_{tag} {_num(_R2)}")
+        lines.append(f"C2{tag} q_{tag} 0 {_num(1.0 / (2.0 * math.pi * f_p2 * _R2))}")
+        p = f"q_{tag}"
     lines.append(f"E{tag} {out} 0 {p} 0 1")
+    return lines
+
+
+def _amp_extras(n: int, f_p2, v_os, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Per-amplifier second poles (inf: none) and offsets, shape (n,)."""
+    if f_p2 is None:
+        fp = np.full((n,), math.inf)
+    else:
+        fp = _per_amp(prefix + "f_p2", f_p2, n, allow_inf=True)
+    vo = np.zeros((n,)) if v_os is None else _per_amp(prefix + "v_os", v_os, n, positive=False)
+    return fp, vo
+
+
+def _wire_resistances(r_row, r_col) -> tuple[float, float]:
+    r_row = float(r_row)
+    r_col = r_row if r_col is None else float(r_col)
+    for name, r in (("r_row", r_row), ("r_col", r_col)):
+        if not (math.isfinite(r) and r >= 0):
+            raise ValueError(f"{name} must be a finite wire resistance >= 0 (Ohm), got {r!r}")
+    return r_row, r_col
+
+
+def _crossbar_lines(tag: str, g: np.ndarray, row_term, col_term, r_row: float, r_col: float):
+    """Netlist lines of one crossbar with all its wire resistors.
+
+    Row line i: ``row_term[i] -- {tag}r{i}_0 -- {tag}r{i}_1 ...``; column line j:
+    ``col_term[j] -- {tag}c0_{j} -- {tag}c1_{j} ...``; device (i, j) joins
+    ``{tag}r{i}_{j}`` to ``{tag}c{i}_{j}``. A zero wire resistance shorts the segment
+    (the nodes are merged by naming, since SPICE forbids a zero-ohm resistor).
+    """
+    m, n = g.shape
+
+    def rnode(i, k):
+        return row_term[i] if r_row == 0 else f"{tag}r{i}_{k}"
+
+    def cnode(i, j):
+        return col_term[j] if r_col == 0 else f"{tag}c{i}_{j}"
+
+    lines = [f"* crossbar {tag}: row wires {r_row!r} ohm, column wires {r_col!r} ohm"]
+    if r_row > 0:
+        for i in range(m):
+            prev = row_term[i]
+            for k in range(n):
+                lines.append(f"R{tag}wr{i}_{k} {prev} {rnode(i, k)} {_num(r_row)}")
+                prev = rnode(i, k)
+    if r_col > 0:
+        for j in range(n):
+            prev = col_term[j]
+            for i in range(m):
+                lines.append(f"R{tag}wc{i}_{j} {prev} {cnode(i, j)} {_num(r_col)}")
+                prev = cnode(i, j)
+    for i, j in zip(*np.nonzero(g > 0)):
+        lines.append(f"R{tag}d{i}_{j} {rnode(i, j)} {cnode(i, j)} {_num(1.0 / g[i, j])}")
     return lines
 
 
@@ -190,6 +287,12 @@ def inv_netlist(
     inverter_f_gbw=None,
     g_inv=1e-4,
     g_in=None,
+    f_p2=None,
+    v_os=None,
+    inverter_f_p2=None,
+    inverter_v_os=None,
+    r_row=0.0,
+    r_col=None,
     t_stop,
     t_step,
     tight=True,
@@ -210,6 +313,12 @@ def inv_netlist(
     1/g_in. ``g_neg`` may be None (no negative part). ``a0`` may be inf (ideal integrator).
     ``a0``, ``f_gbw``, ``inverter_a0``, ``inverter_f_gbw``, ``g_inv`` and ``g_in`` are
     scalars or shape-(n,) arrays (one value per amplifier/row).
+
+    ``f_p2`` (Hz; None or inf: single pole) and ``v_os`` (V; None: 0) add a second pole and an
+    input offset to the main op-amps, ``inverter_f_p2``/``inverter_v_os`` to the real
+    inverters (default: the main amplifiers' values). ``r_row``/``r_col`` (Ohm, ``r_col``
+    defaulting to ``r_row``): when either is > 0 both crossbars are full resistive grids
+    with row lines from ``n{i}`` and column lines from ``v{j}`` (G+) or ``u{j}`` (G-).
     """
     gp = _matrix("g_pos", g_pos)
     n = gp.shape[0]
@@ -229,6 +338,15 @@ def inv_netlist(
                         allow_inf=True)
         ifv = _per_amp("inverter_f_gbw", inverter_f_gbw, n)
         ginv = _per_amp("g_inv", g_inv, n)
+        ifp, ivo = _amp_extras(
+            n,
+            f_p2 if inverter_f_p2 is None else inverter_f_p2,
+            v_os if inverter_v_os is None else inverter_v_os,
+            "inverter_",
+        )
+    fp, vo = _amp_extras(n, f_p2, v_os)
+    r_row, r_col = _wire_resistances(r_row, r_col)
+    wires = r_row > 0 or r_col > 0
     if g_in is None:
         s = gp.sum(axis=1) + gn.sum(axis=1)
         empty = np.flatnonzero(s <= 0)
@@ -243,7 +361,9 @@ def inv_netlist(
     lines = [_title(title), f"* INV n={n} generated by amcdyn._spice"]
     lines.append("* main op-amps: + grounded, - = n{i}, out = v{i}")
     for i in range(n):
-        lines += _opamp(f"a{i}", "0", f"n{i}", f"v{i}", float(a0v[i]), float(fv[i]))
+        lines += _opamp(
+            f"a{i}", "0", f"n{i}", f"v{i}", float(a0v[i]), float(fv[i]), fp[i], vo[i]
+        )
     lines.append("* inputs")
     for i in range(n):
         if g_in is None:
@@ -251,17 +371,26 @@ def inv_netlist(
         else:
             lines.append(f"Vb{i} b{i} 0 DC {_num(iv[i])}")
             lines.append(f"Rin{i} b{i} n{i} {_num(1.0 / ginv_in[i])}")
-    lines.append("* crossbar, positive part: n{i} -- v{j}")
-    for i, j in zip(*np.nonzero(gp > 0)):
-        lines.append(f"Rp{i}_{j} n{i} v{j} {_num(1.0 / gp[i, j])}")
+    rows = [f"n{i}" for i in range(n)]
+    if wires:
+        lines += _crossbar_lines("P", gp, rows, [f"v{j}" for j in range(n)], r_row, r_col)
+    else:
+        lines.append("* crossbar, positive part: n{i} -- v{j}")
+        for i, j in zip(*np.nonzero(gp > 0)):
+            lines.append(f"Rp{i}_{j} n{i} v{j} {_num(1.0 / gp[i, j])}")
     if has_neg:
-        lines.append("* crossbar, negative part: n{i} -- u{j}")
-        for i, j in zip(*np.nonzero(gn > 0)):
-            lines.append(f"Rn{i}_{j} n{i} u{j} {_num(1.0 / gn[i, j])}")
+        if wires:
+            lines += _crossbar_lines("N", gn, rows, [f"u{j}" for j in range(n)], r_row, r_col)
+        else:
+            lines.append("* crossbar, negative part: n{i} -- u{j}")
+            for i, j in zip(*np.nonzero(gn > 0)):
+                lines.append(f"Rn{i}_{j} n{i} u{j} {_num(1.0 / gn[i, j])}")
         lines.append("* inverters: u{j} = -v{j}")
         for j in range(n):
             if real_inv:
-                lines += _opamp(f"i{j}", "0", f"m{j}", f"u{j}", float(ia0v[j]), float(ifv[j]))
+                lines += _opamp(
+                    f"i{j}", "0", f"m{j}", f"u{j}", float(ia0v[j]), float(ifv[j]), ifp[j], ivo[j]
+                )
                 r = _num(1.0 / ginv[j])
                 lines.append(f"Ria{j} v{j} m{j} {r}")
                 lines.append(f"Rif{j} u{j} m{j} {r}")
@@ -281,6 +410,10 @@ def mvm_netlist(
     a0,
     f_gbw,
     v0=1.0,
+    f_p2=None,
+    v_os=None,
+    r_row=0.0,
+    r_col=None,
     t_stop,
     t_step,
     tight=True,
@@ -293,7 +426,10 @@ def mvm_netlist(
     ``xp{j} = +v0*x[j]`` and ``xn{j} = -v0*x[j]``; resistors 1/g_pos[i, j] join ``r{i}`` to
     ``xp{j}`` and 1/g_neg[i, j] join ``r{i}`` to ``xn{j}`` (positive entries only), so the
     ideal output is y = -(g_pos - g_neg) x v0 / g_f. ``g_neg`` may be None. ``g_f``,
-    ``a0`` and ``f_gbw`` are scalars or shape-(m,) arrays; ``a0`` may be inf.
+    ``a0`` and ``f_gbw`` are scalars or shape-(m,) arrays; ``a0`` may be inf. ``f_p2`` and
+    ``v_os`` add a second pole and an input offset to the TIAs (as in :func:`inv_netlist`);
+    with ``r_row``/``r_col`` > 0 the G+ and G- crossbars are full resistive grids with row
+    lines from ``r{i}`` and column lines from ``xp{j}`` / ``xn{j}``.
     """
     gp = _matrix("g_pos", g_pos)
     m, n = gp.shape
@@ -304,6 +440,9 @@ def mvm_netlist(
     gf = _per_amp("g_f", g_f, m)
     a0v = _per_amp("a0", a0, m, allow_inf=True)
     fv = _per_amp("f_gbw", f_gbw, m)
+    fp, vo = _amp_extras(m, f_p2, v_os)
+    r_row, r_col = _wire_resistances(r_row, r_col)
+    wires = r_row > 0 or r_col > 0
     v0 = float(v0)
     if not math.isfinite(v0):
         raise ValueError("v0 must be finite")
@@ -312,17 +451,25 @@ def mvm_netlist(
     lines = [_title(title), f"* MVM m={m} n={n} generated by amcdyn._spice"]
     lines.append("* TIAs: + grounded, - = r{i}, out = y{i}")
     for i in range(m):
-        lines += _opamp(f"t{i}", "0", f"r{i}", f"y{i}", float(a0v[i]), float(fv[i]))
+        lines += _opamp(
+            f"t{i}", "0", f"r{i}", f"y{i}", float(a0v[i]), float(fv[i]), fp[i], vo[i]
+        )
         lines.append(f"Rf{i} r{i} y{i} {_num(1.0 / gf[i])}")
     lines.append("* column inputs: xp{j} = +v0*x[j], xn{j} = -v0*x[j]")
     for j in range(n):
         lines.append(f"Vxp{j} xp{j} 0 DC {_num(v0 * xv[j])}")
         lines.append(f"Vxn{j} xn{j} 0 DC {_num(-(v0 * xv[j]))}")
-    lines.append("* crossbar")
-    for i, j in zip(*np.nonzero(gp > 0)):
-        lines.append(f"Rp{i}_{j} r{i} xp{j} {_num(1.0 / gp[i, j])}")
-    for i, j in zip(*np.nonzero(gn > 0)):
-        lines.append(f"Rn{i}_{j} r{i} xn{j} {_num(1.0 / gn[i, j])}")
+    if wires:
+        rows = [f"r{i}" for i in range(m)]
+        lines += _crossbar_lines("P", gp, rows, [f"xp{j}" for j in range(n)], r_row, r_col)
+        if np.any(gn > 0):
+            lines += _crossbar_lines("N", gn, rows, [f"xn{j}" for j in range(n)], r_row, r_col)
+    else:
+        lines.append("* crossbar")
+        for i, j in zip(*np.nonzero(gp > 0)):
+            lines.append(f"Rp{i}_{j} r{i} xp{j} {_num(1.0 / gp[i, j])}")
+        for i, j in zip(*np.nonzero(gn > 0)):
+            lines.append(f"Rn{i}_{j} r{i} xn{j} {_num(1.0 / gn[i, j])}")
     lines += _tran(t_stop, t_step, tight)
     lines.append(".end")
     return "\n".join(lines) + "\n"

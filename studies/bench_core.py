@@ -1,4 +1,4 @@
-"""Benchmark: INV circuits per second, ngspice vs the amcdyn ODE path (batched) vs the analytic path.
+"""Benchmark: INV circuits per second, ngspice vs amcdyn's batched ODE, expm and analytic paths.
 
 One run measures, on the same circuits (signed, well-conditioned INV, A = I + 0.8 R with rows of
 |R| summing to 1, real single-pole inverters, G0 = 100 uS, A0 = 1e5, f_GBW = 100 MHz):
@@ -6,15 +6,18 @@ One run measures, on the same circuits (signed, well-conditioned INV, A = I + 0.
 - ngspice: one `ngspice -b` process per netlist, as users run it (default options; tight options
   as well), wall time per circuit;
 - amcdyn ODE path: `jax.lax.map(simulate, batch_size=chunk)` over 1024 circuits in one compiled
-  call, float32, settling time and relative error per circuit included (no waveform saved);
+  call, float32, settling time, relative error and energy per circuit included (no waveform saved);
+- amcdyn exact-propagator path (`simulate_expm`), batched the same way;
 - amcdyn analytic path (eigendecomposition), batched the same way;
 - compile time, and gradient-to-forward time ratio of a batched loss.
 
 Usage: `OPENBLAS_NUM_THREADS=1 python studies/bench_core.py [--sizes 8 16 32 64] [--quick]`.
-Writes `studies/results/bench_core.md` (a markdown table) and prints progress.
+Writes `studies/results/bench_core.md` (a markdown table, rewritten after every size) and prints
+progress; a watchdog dumps the stacks and exits if one size hangs.
 """
 
 import argparse
+import faulthandler
 import os
 import platform
 import statistics
@@ -93,76 +96,138 @@ def bench_size(n, args, log):
             settle_rel.append(abs(spt.settling_time / float(exact.settling_time) - 1))
     row["ngspice_ms"] = 1e3 * statistics.median(walls)
     row["ngspice_tight_ms"] = 1e3 * statistics.median(tight_walls)
+    row["spice_settle_vs_exact"] = max(settle_rel)
     log(
         f"  N={n}: ngspice {row['ngspice_ms']:.1f} ms/circuit (tight {row['ngspice_tight_ms']:.1f})"
     )
 
-    # --- amcdyn ODE path, batched, float32
     chunk = chunk_for(n)
 
-    def one_ode(ai, bi):
-        s = amcdyn.simulate(
-            amcdyn.INV.from_matrix(ai, bi),
-            t_max=t_max,
-            n_save=0,
-            stability=False,
-            throw=False,
-        )
-        return s.settling_time, s.rel_error, s.result._value
+    def batched(one, a_, b_):
+        return jax.lax.map(lambda ab: one(*ab), (a_, b_), batch_size=chunk)
 
-    ode = jax.jit(lambda a_, b_: jax.lax.map(lambda ab: one_ode(*ab), (a_, b_), batch_size=chunk))
+    def fields(s):
+        return s.settling_time, s.rel_error, s.result._value, s.energy
+
+    # --- amcdyn ODE path (diffrax Tsit5), batched, float32
+    def one_ode(ai, bi):
+        c = amcdyn.INV.from_matrix(ai, bi)
+        return fields(amcdyn.simulate(c, t_max=t_max, n_save=0, stability=False, throw=False))
+
+    ode = jax.jit(lambda a_, b_: batched(one_ode, a_, b_))
     t = time.perf_counter()
     compiled = ode.lower(a32, b32).compile()
     row["compile_s"] = time.perf_counter() - t
-    row["ode_s"], (ts, err, status) = timeit(compiled, a32, b32, repeat=args.repeat)
+    row["ode_s"], (ts, err, status, _) = timeit(compiled, a32, b32, repeat=args.repeat)
     row["ode_us"] = 1e6 * row["ode_s"] / BATCH
     row["ode_settled"] = int(np.sum(np.asarray(status) == 0))
+    log(f"  N={n}: ODE {row['ode_us']:.1f} us/circuit")
 
-    # --- analytic path, batched, float64 (eigendecomposition)
+    # --- amcdyn exact-propagator path, batched, float32
+    def one_expm(ai, bi):
+        c = amcdyn.INV.from_matrix(ai, bi)
+        return fields(amcdyn.simulate_expm(c, t_max=t_max, stability=False, throw=False))
+
+    ex = jax.jit(lambda a_, b_: batched(one_expm, a_, b_))
+    row["expm_s"], (ts_ex, err_ex, status_ex, _) = timeit(ex, a32, b32, repeat=args.repeat)
+    row["expm_us"] = 1e6 * row["expm_s"] / BATCH
+    row["expm_settled"] = int(np.sum(np.asarray(status_ex) == 0))
+    log(f"  N={n}: expm {row['expm_us']:.1f} us/circuit")
+
+    # --- analytic path, batched, float64 (eigendecomposition): the exact reference
     def one_an(ai, bi):
-        s = amcdyn.simulate_analytic(
-            amcdyn.INV.from_matrix(ai, bi), t_max=t_max, n_save=0, throw=False
-        )
+        c = amcdyn.INV.from_matrix(ai, bi)
+        s = amcdyn.simulate_analytic(c, t_max=t_max, n_save=0, throw=False)
         return s.settling_time, s.rel_error
 
-    an = jax.jit(lambda a_, b_: jax.lax.map(lambda ab: one_an(*ab), (a_, b_), batch_size=chunk))
-    row["an_s"], (ts_an, err_an) = timeit(
-        an, jnp.asarray(a), jnp.asarray(b), repeat=max(2, args.repeat // 2)
-    )
+    an = jax.jit(lambda a_, b_: batched(one_an, a_, b_))
+    row["an_s"], (ts_an, _) = timeit(an, jnp.asarray(a), jnp.asarray(b), repeat=2)
     row["an_us"] = 1e6 * row["an_s"] / BATCH
+    ts_an = np.asarray(ts_an)
     ok = np.asarray(status) == 0
-    row["settle_vs_exact"] = float(
-        np.max(np.abs(np.asarray(ts, float)[ok] / np.asarray(ts_an)[ok] - 1))
+    row["settle_vs_exact"] = float(np.max(np.abs(np.asarray(ts, float)[ok] / ts_an[ok] - 1)))
+    ok = np.asarray(status_ex) == 0
+    row["expm_settle_vs_exact"] = float(
+        np.max(np.abs(np.asarray(ts_ex, float)[ok] / ts_an[ok] - 1))
     )
-    row["spice_settle_vs_exact"] = max(settle_rel)
 
     # --- gradient vs forward of a batched loss (settle_integral + rel_error) w.r.t. f_GBW and G0
-    def loss(p, a_, b_):
-        gbw, g0 = p
+    def make_loss(sim):
+        def loss(p, a_, b_):
+            gbw, g0 = p
 
-        def one(ai, bi):
-            c = amcdyn.INV.from_matrix(ai, bi, f_gbw=gbw, g0=g0, input_mode="voltage")
-            s = amcdyn.simulate(c, t_max=t_max, n_save=0, stability=False, throw=False)
-            return s.settle_integral * 1e8 + s.rel_error
+            def one(ai, bi):
+                c = amcdyn.INV.from_matrix(
+                    ai, bi, f_gbw=gbw, g0=g0, input_mode="voltage", g_in=1e-4
+                )
+                s = sim(c)
+                return s.settle_integral * 1e8 + s.rel_error
 
-        return jnp.mean(jax.lax.map(lambda ab: one(*ab), (a_, b_), batch_size=chunk))
+            return jnp.mean(batched(one, a_, b_))
+
+        return loss
 
     p = (jnp.float32(1e8), jnp.float32(1e-4))
     nb = 256
-    fwd = jax.jit(loss)
-    grd = jax.jit(jax.grad(loss))
-    row["fwd_s"], _ = timeit(fwd, p, a32[:nb], b32[:nb], repeat=args.repeat)
-    row["grad_s"], _ = timeit(grd, p, a32[:nb], b32[:nb], repeat=args.repeat)
-    row["grad_ratio"] = row["grad_s"] / row["fwd_s"]
+    for name, sim in (
+        ("ode", lambda c: amcdyn.simulate(c, t_max=t_max, n_save=0, stability=False, throw=False)),
+        ("expm", lambda c: amcdyn.simulate_expm(c, t_max=t_max, stability=False, throw=False)),
+    ):
+        loss = make_loss(sim)
+        fwd_s, _ = timeit(jax.jit(loss), p, a32[:nb], b32[:nb], repeat=args.repeat)
+        grad_s, _ = timeit(jax.jit(jax.grad(loss)), p, a32[:nb], b32[:nb], repeat=args.repeat)
+        row[f"{name}_grad_ratio"] = grad_s / fwd_s
 
     row["ode_vs_spice"] = row["ngspice_ms"] * 1e3 / row["ode_us"]
+    row["expm_vs_spice"] = row["ngspice_ms"] * 1e3 / row["expm_us"]
     row["an_vs_spice"] = row["ngspice_ms"] * 1e3 / row["an_us"]
     log(
         f"  N={n}: ODE {row['ode_us']:.1f} us/circuit ({row['ode_vs_spice']:.0f}x ngspice), "
-        f"analytic {row['an_us']:.1f} us ({row['an_vs_spice']:.0f}x), compile {row['compile_s']:.1f} s, "
-        f"grad/fwd {row['grad_ratio']:.2f}, settled {row['ode_settled']}/{BATCH}"
+        f"expm {row['expm_us']:.1f} us ({row['expm_vs_spice']:.0f}x), "
+        f"analytic {row['an_us']:.1f} us ({row['an_vs_spice']:.0f}x), "
+        f"compile {row['compile_s']:.1f} s, "
+        f"grad/fwd ODE {row['ode_grad_ratio']:.2f} expm {row['expm_grad_ratio']:.2f}"
     )
     return row
+
+
+def write_table(rows, path, complete):
+    lines = [
+        "# amcdyn core benchmark: INV circuits per second",
+        "",
+        f"_{time.strftime('%Y-%m-%d %H:%M')}, jax {jax.__version__}, {jax.devices()[0].platform}, "
+        f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; batch {BATCH}; "
+        "signed well-conditioned INV with single-pole inverters (2N states); ngspice: one "
+        "`ngspice -b` process per netlist (default options, 200 points); ODE: diffrax Tsit5 "
+        "(rtol 1e-5), float32; expm: exact propagator (`simulate_expm`, 64 steps), float32; both "
+        "with settling time, error and energy per circuit, no waveform saved; analytic: "
+        "eigendecomposition, float64 (the reference for the settling-time columns). grad/fwd: "
+        "batched loss over 256 circuits. Ratios are from this run."
+        + ("" if complete else " **Partial: the run has not finished.**")
+        + "_",
+        "",
+        "| N | states | ngspice [ms/circuit] | ngspice tight [ms] | ODE [us/circuit] "
+        "| ODE vs ngspice "
+        "| expm [us/circuit] | expm vs ngspice | analytic [us/circuit] | compile ODE [s] "
+        "| grad/fwd ODE | grad/fwd expm | settled ODE / expm | ODE settle vs exact "
+        "| expm settle vs exact | ngspice-tight settle vs exact |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['n']} | {r['states']} | {r['ngspice_ms']:.1f} | {r['ngspice_tight_ms']:.1f} | "
+            f"{r['ode_us']:.1f} | {r['ode_vs_spice']:,.0f}x | {r['expm_us']:.1f} | "
+            f"{r['expm_vs_spice']:,.0f}x | {r['an_us']:.1f} | {r['compile_s']:.1f} | "
+            f"{r['ode_grad_ratio']:.2f} | {r['expm_grad_ratio']:.2f} | "
+            f"{r['ode_settled']}/{r['expm_settled']} of {BATCH} | {r['settle_vs_exact']:.1e} | "
+            f"{r['expm_settle_vs_exact']:.1e} | {r['spice_settle_vs_exact']:.1e} |"
+        )
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return lines
 
 
 def main(argv=None):
@@ -170,6 +235,9 @@ def main(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--spice-runs", type=int, default=5)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument(
+        "--watchdog", type=float, default=900, help="abort (with stacks) if one size takes longer"
+    )
     p.add_argument(
         "--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_core.md")
     )
@@ -179,31 +247,12 @@ def main(argv=None):
     rows = []
     for n in args.sizes:
         log(f"[{len(rows) + 1}/{len(args.sizes)}] N = {n}")
+        # XLA:CPU has hung (CPU idle) in rare runs; never wait forever, and keep what is done.
+        faulthandler.dump_traceback_later(args.watchdog, exit=True)
         rows.append(bench_size(n, args, log))
-    lines = [
-        "# amcdyn core benchmark: INV circuits per second",
-        "",
-        f"_{time.strftime('%Y-%m-%d %H:%M')}, jax {jax.__version__}, {jax.devices()[0].platform}, "
-        f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; batch {BATCH}; "
-        "signed well-conditioned INV with single-pole inverters (2N states); ngspice: one "
-        "`ngspice -b` process per netlist (default options, 200 points); ODE: diffrax Tsit5 "
-        "(rtol 1e-5), float32, settling time + error per circuit, no waveform saved; analytic: "
-        "eigendecomposition, float64. Ratios are from this run._",
-        "",
-        "| N | states | ngspice [ms/circuit] | ngspice tight [ms] | ODE batched [us/circuit] | ODE circuits/s | ODE vs ngspice | analytic [us/circuit] | analytic vs ngspice | compile [s] | grad/fwd (B=256) | settled | ODE settle vs exact (max rel) | ngspice-tight settle vs exact |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['n']} | {r['states']} | {r['ngspice_ms']:.1f} | {r['ngspice_tight_ms']:.1f} | "
-            f"{r['ode_us']:.1f} | {1e6 / r['ode_us']:,.0f} | {r['ode_vs_spice']:,.0f}x | {r['an_us']:.1f} | "
-            f"{r['an_vs_spice']:,.0f}x | {r['compile_s']:.1f} | {r['grad_ratio']:.2f} | "
-            f"{r['ode_settled']}/{BATCH} | {r['settle_vs_exact']:.1e} | {r['spice_settle_vs_exact']:.1e} |"
-        )
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        faulthandler.cancel_dump_traceback_later()
+        write_table(rows, args.out, complete=len(rows) == len(args.sizes))
+    print("\n".join(write_table(rows, args.out, complete=True)))
 
 
 if __name__ == "__main__":
