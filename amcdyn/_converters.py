@@ -2,11 +2,12 @@ r"""Data converters at the edges of an AMC circuit: a DAC on the inputs, an ADC 
 
 Both are $B$-bit two's-complement (mid-tread) quantizers: levels $k\Delta$ with
 $\Delta = V_\mathrm{FS}/2^{B-1}$ and $k = -2^{B-1}, \dots, 2^{B-1} - 1$, so $0$ is a level and
-the range is $[-V_\mathrm{FS}, V_\mathrm{FS} - \Delta]$; values beyond it saturate. The forward value is the quantized one; the gradient is the
-straight-through estimator (that of the clipped identity), so design gradients flow through
-the converters. Each conversion costs `energy_per_conversion` (J), by default a Walden figure of
-merit $E = \mathrm{FOM}\cdot 2^B$ with FOM = 50 fJ/step for the ADC (a typical SAR ADC) and
-5 fJ/step for the DAC; set it for the technology under study.
+the range is $[-V_\mathrm{FS}, V_\mathrm{FS} - \Delta]$; values beyond it saturate. The forward
+value is the quantized one; the gradient is the straight-through estimator (that of the
+clipped identity), so design gradients flow through the converters. Each conversion costs
+`energy_per_conversion` (J), by default a Walden figure of merit $E = \mathrm{FOM}\cdot 2^B$
+with FOM = 50 fJ/step for the ADC (a typical SAR ADC) and 5 fJ/step for the DAC; set it for
+the technology under study.
 """
 
 import equinox as eqx
