@@ -15,6 +15,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._converters import ADC, DAC
+from ._linalg import solve
 from ._opamp import K_GBW, P_STATIC, OpAmp, _check_f_p2
 from ._validate import check_finite, check_ndim, check_nonnegative, check_positive, is_concrete
 from ._wires import _check_resistance, inv_row_operator, mvm_row_operator
@@ -40,7 +41,7 @@ class AbstractDynamics(eqx.Module):
     def steady_state(self) -> Float[Array, " states"]:
         """Equilibrium $y^* = -J^{-1} c$ (a dense solve; circuits override with a cheaper one)."""
         c = self.vector_field(jnp.zeros(self.n_states, self.dtype))
-        return jnp.linalg.solve(self.jacobian(), -c)
+        return solve(self.jacobian(), -c)
 
     @property
     @abc.abstractmethod
@@ -301,7 +302,7 @@ class _LoopDynamics(AbstractDynamics):
                     gamma = self.inv_drive * ones / denom
                     rhs = rhs - self.p[:, n:] @ gamma
             m = m + jnp.diag(self.w0 * ones / (self.w_t * ones))
-            v = jnp.linalg.solve(m, rhs)
+            v = solve(m, rhs)
         parts = [v]
         if self.inv_w_t is not None:
             z = -beta * v
@@ -563,7 +564,7 @@ class INV(AbstractCircuit):
         return -_convert(self.adc, v) * scale / V0
 
     def exact_solution(self):
-        return jnp.linalg.solve(self.a, self.b)
+        return solve(self.a, self.b)
 
     def amplifier_gbw(self):
         f = jnp.broadcast_to(self.amp.f_gbw, (self.n,))

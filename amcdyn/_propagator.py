@@ -25,6 +25,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._circuits import AbstractCircuit
+from ._linalg import solve
 from ._simulate import (
     _DIVERGED,
     _check_options,
@@ -334,7 +335,7 @@ def _simulate_expm(circuit, tol, t_max, n_steps, save, stability, throw):
     ed_s = jnp.stack([e_s, jac @ e_s], axis=1)
     part = _hermite_integral(*quad(last_ed), *quad(ed_s), theta_s * h)[1]
     tau_s = jnp.where(last_k < 0, 0, t_cross)
-    int_e = jnp.linalg.solve(jac, e_s - e0)
+    int_e = solve(jac, e_s - e0)
     e_settle = jnp.where(
         last_k < 0, 0, (q_ss * tau_s + jnp.sum(q_lin * int_e) + last_int[1] + part) / w_ref
     )

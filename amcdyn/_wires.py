@@ -58,6 +58,7 @@ from jax.lax.linalg import tridiagonal_solve
 from jaxtyping import Array, ArrayLike, Float
 
 from . import _spice
+from ._linalg import solve
 from ._validate import check_finite, check_ndim, check_nonnegative, is_concrete
 
 
@@ -154,8 +155,8 @@ def _reduce(g, r_row, r_col):
     def forward(carry, i):
         phi_prev, y_prev = carry
         diag = jnp.where(i == m - 1, 1.0, 2.0).astype(dtype) * eye + r_col * w_mat[i]
-        chol = jnp.linalg.cholesky(diag - phi_prev)
-        phi = jax.scipy.linalg.cho_solve((chol, True), eye)
+        # (An LU solve in plain JAX: batched LAPACK potrf can hang XLA:CPU, see _linalg.)
+        phi = solve(diag - phi_prev, eye)
         phi = 0.5 * (phi + phi.T)
         y = rhs(i) + phi_prev @ y_prev
         return (phi, y), (phi, y)
@@ -324,7 +325,7 @@ def inv_row_operator(
     c_ideal = jnp.asarray(i_in, s.dtype) / s
     rhs = jnp.concatenate([p_ideal, c_ideal[:, None]], axis=1)
     mat = jnp.eye(n, dtype=s.dtype) + d_rr / s[:, None]
-    sol = jnp.linalg.solve(mat, rhs)
+    sol = solve(mat, rhs)
     return sol[:, :-1], sol[:, -1]
 
 
@@ -399,7 +400,7 @@ def mvm_row_operator(
     mat = jnp.eye(m, dtype=dtype) + d_rr / denom[:, None]
     gf_col = jnp.broadcast_to(gf, (m,)) / denom
     rhs = jnp.concatenate([jnp.diag(gf_col), (drive / denom)[:, None]], axis=1)
-    sol = jnp.linalg.solve(mat, rhs)
+    sol = solve(mat, rhs)
     return sol[:, :-1], sol[:, -1]
 
 
