@@ -20,6 +20,7 @@ from ._devices import (
     WriteVerify as WriteVerify,
 )
 from ._ginv import GINV as GINV, Ridge as Ridge
+from ._mc import monte_carlo_circuit as monte_carlo_circuit, perturb_circuit as perturb_circuit
 from ._montecarlo import MCResult as MCResult, monte_carlo as monte_carlo
 from ._ngspice import (
     SpiceSolution as SpiceSolution,

@@ -46,8 +46,11 @@ from ._solution import RESULTS, STATUS_NAMES
 
 _FORMAT = "amcdyn.monte_carlo/1"
 _META = "__meta__"
-# Default chunk rule (see `monte_carlo`): at most this many samples per device and per call...
+# Default chunk rule (see `monte_carlo`): at most this many samples per device and per call
+# (on CPU fewer: a chunk whose working set stays in cache measured 1.5x faster at 512 than at
+# 4096 samples, N = 16 INV on the expm path)...
 _MAX_PER_DEVICE = 4096
+_MAX_PER_DEVICE_CPU = 512
 # ...and at most this many bytes of per-call device memory, when the device does not report its
 # memory (CPU). A device that reports `bytes_limit` (GPU, TPU) gets half of it.
 _CPU_BUDGET = 1 << 30
@@ -566,7 +569,8 @@ def monte_carlo(
     - `key`: a PRNG key (`jax.random.key(seed)` or a legacy `jax.random.PRNGKey(seed)`).
     - `n_samples`: number of samples, an int in $[1, 2^{32}]$.
     - `chunk_size`: samples per compiled call, rounded up to a multiple of the number of
-      devices (and capped at `n_samples` so rounded). Default: at most 4096 samples per device,
+      devices (and capped at `n_samples` so rounded). Default: at most 4096 samples per device
+      (512 on CPU),
       fewer if the compiled call's memory (XLA's memory analysis: arguments, outputs and
       temporaries, scaled per sample) would exceed `memory_budget` per device, and at least one
       sample per device.
@@ -647,7 +651,8 @@ def monte_carlo(
     if chunk_size is not None:
         compiled, size = _compile(sample_fn, key, min(-(-chunk_size // n_dev), most), mesh)
     else:
-        per_device = min(_MAX_PER_DEVICE, most)
+        cap = _MAX_PER_DEVICE_CPU if devices[0].platform == "cpu" else _MAX_PER_DEVICE
+        per_device = min(cap, most)
         compiled, size = _compile(sample_fn, key, per_device, mesh)
         per_sample = _per_sample_bytes(compiled, per_device)
         budget = memory_budget if memory_budget is not None else _device_budget(devices[0])

@@ -29,12 +29,10 @@ from ._linalg import solve
 from ._simulate import (
     _DIVERGED,
     _check_options,
-    _default_t_max,
-    _eig_summary,
     _energy,
+    _prelude,
     _rel_error,
     _settling_or_flag,
-    _time_unit,
 )
 from ._solution import RESULTS, Solution
 
@@ -203,28 +201,11 @@ def _hermite_dtheta(e0, d0, e1, d1, h, theta):
 
 @eqx.filter_jit
 def _simulate_expm(circuit, tol, t_max, n_steps, save, stability, throw):
-    dyn = circuit.dynamics()
-    dtype = dyn.dtype
-    tol = tol.astype(dtype)
+    (dyn, dtype, tol, y_ss, v_ss, fs_safe, w_ref, lam, maxre, tau_slow, osc, stable, t_end) = (
+        _prelude(circuit, tol, t_max, stability)
+    )
     n_out = dyn.n_outputs
-    y_ss = dyn.steady_state()
-    v_ss = dyn.outputs(y_ss)
-    fs = jnp.max(jnp.abs(v_ss))
-    fs_safe = jnp.where(fs > 0, fs, 1.0)
-    w_ref = _time_unit(circuit).astype(dtype)
     jac = dyn.jacobian() / w_ref  # scaled time tau = w_ref t
-
-    if stability:
-        lam = jnp.linalg.eigvals(jax.lax.stop_gradient(dyn.jacobian()))
-        maxre, tau_slow, osc, stable = _eig_summary(lam, w_ref)
-    else:
-        lam = None
-        maxre, tau_slow = jnp.asarray(jnp.nan, dtype), jnp.asarray(jnp.nan, dtype)
-        osc, stable = jnp.asarray(False), jnp.asarray(True)
-    if t_max is None:
-        t_end = _default_t_max(maxre, stable, tol, w_ref)
-    else:
-        t_end = t_max.astype(dtype)
     h = t_end * w_ref / n_steps  # scaled step
     band = tol * fs_safe
 

@@ -97,6 +97,28 @@ def _rel_error(x, x_exact):
     return err, -jnp.log2(err)
 
 
+def _prelude(circuit, tol, t_max, stability):
+    """What the time-domain paths share: the equilibrium and full scale, the time unit, the
+    eigenvalue summary (if `stability`) and the end time."""
+    dyn = circuit.dynamics()
+    dtype = dyn.dtype
+    tol = tol.astype(dtype)
+    y_ss = dyn.steady_state()
+    v_ss = dyn.outputs(y_ss)
+    fs = jnp.max(jnp.abs(v_ss))
+    fs_safe = jnp.where(fs > 0, fs, 1.0)
+    w_ref = _time_unit(circuit).astype(dtype)
+    if stability:
+        lam = jnp.linalg.eigvals(jax.lax.stop_gradient(dyn.jacobian()))
+        maxre, tau_slow, osc, stable = _eig_summary(lam, w_ref)
+    else:
+        lam = None
+        maxre, tau_slow = jnp.asarray(jnp.nan, dtype), jnp.asarray(jnp.nan, dtype)
+        osc, stable = jnp.asarray(False), jnp.asarray(True)
+    t_end = _default_t_max(maxre, stable, tol, w_ref) if t_max is None else t_max.astype(dtype)
+    return dyn, dtype, tol, y_ss, v_ss, fs_safe, w_ref, lam, maxre, tau_slow, osc, stable, t_end
+
+
 def _check_options(tol, t_max, n_save):
     check_positive("tol", tol)
     if is_concrete(tol) and np.any(np.asarray(tol) >= 1):
@@ -184,26 +206,9 @@ def simulate(
 def _simulate(
     circuit, tol, t_max, solver, controller, adjoint, n_save, max_steps, stability, substeps, throw
 ):
-    dyn = circuit.dynamics()
-    dtype = dyn.dtype
-    tol = tol.astype(dtype)
-    y_ss = dyn.steady_state()
-    v_ss = dyn.outputs(y_ss)
-    fs = jnp.max(jnp.abs(v_ss))
-    fs_safe = jnp.where(fs > 0, fs, 1.0)
-    w_ref = _time_unit(circuit).astype(dtype)
-
-    if stability:
-        lam = jnp.linalg.eigvals(jax.lax.stop_gradient(dyn.jacobian()))
-        maxre, tau_slow, osc, stable = _eig_summary(lam, w_ref)
-    else:
-        lam = None
-        maxre, tau_slow = jnp.asarray(jnp.nan, dtype), jnp.asarray(jnp.nan, dtype)
-        osc, stable = jnp.asarray(False), jnp.asarray(True)
-    if t_max is None:
-        t_end = _default_t_max(maxre, stable, tol, w_ref)
-    else:
-        t_end = t_max.astype(dtype)
+    (dyn, dtype, tol, y_ss, v_ss, fs_safe, w_ref, lam, maxre, tau_slow, osc, stable, t_end) = (
+        _prelude(circuit, tol, t_max, stability)
+    )
     t1 = t_end * w_ref
 
     if controller is None:
@@ -220,6 +225,7 @@ def _simulate(
     observer = SettleObserver(
         inner, n_outputs=dyn.n_outputs, v_ref=v_ss, fs=fs_safe, tol=tol, substeps=substeps
     )
+
     # The last state accumulates the resistive energy: dE/dt = resistive_power(y).
     def field(t, y, args):
         ys = y[:-1]

@@ -335,7 +335,10 @@ def test_ci_runs_the_readme_test_command():
     lines = _read("README.md").splitlines()
     assert lines[0].startswith("```")
     install_run, test_cmd = lines[1], lines[2]
-    assert install_run == "pip install . && amcdyn"
+    # The main job: a small Monte Carlo of the default case (run by tests/test_mc_cli.py).
+    assert install_run == (
+        "pip install . && amcdyn mc inv --matrix random-dd:16 --samples 256 --sigma 0.05 --json"
+    )
     assert "pytest" in test_cmd and "ngspice" in test_cmd
     ci = _read(".ci", "run")
     assert ci.startswith("#!/usr/bin/env bash")

@@ -107,7 +107,9 @@ def test_circuit_path(circuit_run):
     for i in (0, 7):  # eager, unbatched reference
         sol = circuit_sample(jr.fold_in(jr.key(KEY_SEED), i))
         np.testing.assert_allclose(r8["settling_time"][i], sol["settling_time"], rtol=1e-12)
-        np.testing.assert_allclose(r8["rel_error"][i], sol["rel_error"], rtol=1e-12)
+        # rel_error = |x - x*|/|x*| ~ 2e-5 is a difference of nearly equal numbers: batched and
+        # unbatched solves may sum in another order, so compare it to 1e-14 of |x| (absolute).
+        np.testing.assert_allclose(r8["rel_error"][i], sol["rel_error"], rtol=0, atol=1e-14)
     s = r8.summary(max_rel_error=1e-3)
     assert s["yield"] == 1.0 and s["status_counts"] == {"settled": 12}
     assert np.all(np.isfinite(r8["settling_time"])) and np.all(r8["settling_time"] > 0)
@@ -153,7 +155,11 @@ def test_four_host_devices(tmp_path, circuit_run):
         for k, v in one.samples.items():
             got = four[name + "." + k]
             assert got.dtype == v.dtype
-            np.testing.assert_allclose(got, v, rtol=1e-12, atol=0, err_msg=f"{name}.{k}")
+            # Per-device shards are smaller batches, which XLA may vectorize with another
+            # summation order: equal to 1e-12, and rel_error (a cancellation, see above) to 1e-14
+            # absolute.
+            atol = 1e-14 if k == "rel_error" else 0
+            np.testing.assert_allclose(got, v, rtol=1e-12, atol=atol, err_msg=f"{name}.{k}")
 
 
 class _Stop(Exception):
