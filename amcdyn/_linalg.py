@@ -22,18 +22,23 @@ def lu_factor(a: Float[Array, "n n"]) -> tuple[Float[Array, "n n"], Int[Array, "
     idx = jnp.arange(n)
 
     def body(k, carry):
+        # Only elementwise selects and one matvec: under vmap the pivot row `p` differs per
+        # matrix, and a batched gather/scatter (`lu[p]`, `lu.at[p]`) is slower on CPU.
         lu, perm = carry
         col = jnp.where(idx >= k, jnp.abs(lu[:, k]), -1)
         p = jnp.argmax(col)
-        row_k, row_p = lu[k], lu[p]
-        lu = lu.at[k].set(row_p).at[p].set(row_k)
-        perm_k, perm_p = perm[k], perm[p]
-        perm = perm.at[k].set(perm_p).at[p].set(perm_k)
-        pivot = lu[k, k]
+        at_p = idx == p
+        at_k = idx == k
+        row_p = at_p.astype(lu.dtype) @ lu
+        row_k = lu[k]
+        lu = jnp.where(at_k[:, None], row_p[None, :], jnp.where(at_p[:, None], row_k[None, :], lu))
+        perm_p = jnp.sum(jnp.where(at_p, perm, 0))
+        perm = jnp.where(at_k, perm_p, jnp.where(at_p, perm[k], perm))
+        pivot = row_p[k]
         below = idx > k
         l_col = jnp.where(below, lu[:, k] / jnp.where(pivot != 0, pivot, 1), 0)
-        lu = lu - l_col[:, None] * jnp.where(below, lu[k], 0)[None, :]
-        lu = lu.at[:, k].set(jnp.where(below, l_col, lu[:, k]))
+        lu = lu - l_col[:, None] * jnp.where(below, row_p, 0)[None, :]
+        lu = jnp.where(at_k[None, :] & below[:, None], l_col[:, None], lu)
         return lu, perm
 
     return jax.lax.fori_loop(0, n, body, (a, idx))
