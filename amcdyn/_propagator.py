@@ -7,8 +7,9 @@ Taylor polynomial of $hJ/2^s$ evaluated with five matrix products, then $s$ squa
 chosen per circuit from $\|hJ\|_1$), after which every step is one small matrix product whatever
 the stiffness of the circuit. Since $J$ commutes with $\Phi$, the derivative $\dot e = J e$ is
 propagated by the same product, so each grid interval carries its cubic Hermite interpolant; the
-settling time is the last band crossing, bisected on that interpolant, and `settle_integral`
-uses the Hermite-corrected trapezoid rule.
+settling time is the last band crossing, located on that interpolant (a sub-grid, then Newton
+steps), and `settle_integral` and the resistive energy use the Hermite-corrected trapezoid
+rule.
 
 This is the path to use for large batches (Monte Carlo) and for stiff circuits: its cost is a
 few dense products per circuit plus `n_steps` matrix-vector products, with no step-size control
@@ -147,7 +148,7 @@ def simulate_expm(
 
     The grid has `n_steps` intervals over $[0, t_\max]$; the outputs at the grid points are
     exact (to the dtype's precision) for any step size and any stiffness. The settling time is
-    bisected on the cubic Hermite interpolant of the last interval in which an output leaves
+    found on the cubic Hermite interpolant of the last interval in which an output leaves
     the band (interpolation error $\sim (h r)^4/384$ of the band for a mode of rate $r$, i.e.
     below $10^{-5}$ relative for the default grid). A band excursion that starts and ends
     between two grid points is not seen: raise `n_steps` for strongly oscillatory circuits.
@@ -259,7 +260,7 @@ def _simulate_expm(circuit, tol, t_max, n_steps, save, stability, throw):
     integral = jnp.sum(pieces, axis=0)
     last_int = jnp.sum(jnp.where((ks[:-1] < last_k)[:, None], pieces, 0), axis=0)
 
-    # Last exit lies in [t_k, t_{k+1}], k = last_k: bisect max_i |H_i(theta)| = band.
+    # Last exit lies in [t_k, t_{k+1}], k = last_k: solve max_i |H_i(theta)| = band.
     nxt = advance(last_ed)
     e_a, d_a = last_ed[:n_out, 0], last_ed[:n_out, 1]
     e_b, d_b = nxt[:n_out, 0], nxt[:n_out, 1]
