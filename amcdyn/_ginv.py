@@ -90,6 +90,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._circuits import V0, AbstractCircuit, AbstractDynamics
+from ._linalg import solve
 from ._opamp import OpAmp
 from ._validate import check_finite, check_ndim, check_nonnegative, check_positive, is_concrete
 
@@ -228,7 +229,7 @@ class _GINVDynamics(AbstractDynamics):
         e1 = (self.f1 + self.tia_w0 / self.tia_wt) * ones1
         diag = (self.l2 * beta_w + self.amp_w0 / self.amp_wt) * ones2
         m = c_eff @ (b_eff / e1[:, None]) + jnp.diag(diag)
-        w = jnp.linalg.solve(m, self.c2 - c_eff @ (self.c1 / e1))
+        w = solve(m, self.c2 - c_eff @ (self.c1 / e1))
         v = -(b_eff @ w + self.c1) / e1
         parts = [w, v] if self.output == "w" else [v, w]
         if self.w_bank == "opamp":
@@ -455,9 +456,9 @@ def _regularized_solution(a, b, lam, mode):
     # for the well-conditioned matrices these circuits can solve (kappa(A)^2 * eps).
     if mode == "left":
         g = a.T @ a + lam * jnp.eye(a.shape[1], dtype=a.dtype)
-        return jnp.linalg.solve(g, a.T @ b)
+        return solve(g, a.T @ b)
     g = a @ a.T + lam * jnp.eye(a.shape[0], dtype=a.dtype)
-    return a.T @ jnp.linalg.solve(g, b)
+    return a.T @ solve(g, b)
 
 
 class GINV(AbstractCircuit):

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 
+@jax.jit
 def lu_factor(a: Float[Array, "n n"]) -> tuple[Float[Array, "n n"], Int[Array, " n"]]:
     """LU factorization with partial (row) pivoting: `a[perm] = L U`, packed in one matrix."""
     n = a.shape[-1]
@@ -44,6 +45,7 @@ def lu_factor(a: Float[Array, "n n"]) -> tuple[Float[Array, "n n"], Int[Array, "
     return jax.lax.fori_loop(0, n, body, (a, idx))
 
 
+@jax.jit
 def lu_solve(lu: Float[Array, "n n"], perm: Int[Array, " n"], b: Float[Array, "n ..."]):
     """Solve with the factors of `lu_factor` (forward then back substitution)."""
     n = lu.shape[-1]

@@ -10,6 +10,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._circuits import AbstractCircuit
+from ._linalg import solve
 from ._observe import SettleObserver, resolve_implicit_tolerances
 from ._solution import RESULTS, Solution
 from ._validate import check_positive, is_concrete
@@ -36,7 +37,7 @@ def _eig_jvp(primals, tangents):
     (a,), (da,) = primals, tangents
     lam, v = _eig(a)
     ctype = lam.dtype
-    vinv_da_v = jnp.linalg.solve(v, da.astype(ctype) @ v)
+    vinv_da_v = solve(v, da.astype(ctype) @ v)
     diff = lam[None, :] - lam[:, None]
     tiny = jnp.finfo(a.dtype).eps * jnp.max(jnp.abs(lam)) * 16
     f = jnp.where(jnp.abs(diff) > tiny, 1 / jnp.where(jnp.abs(diff) > tiny, diff, 1), 0)
@@ -375,7 +376,7 @@ def _simulate_analytic(circuit, tol, t_max, n_save, n_grid, throw):
     jac = dyn.jacobian()
     lam, vec = _eig(jac)
     # Output deviation e(t) = sum_k a_k exp(lam_k t), a_k = C v_k (V^-1 (0 - y*))_k.
-    w = jnp.linalg.solve(vec, -y_ss.astype(lam.dtype))
+    w = solve(vec, -y_ss.astype(lam.dtype))
     amp = dyn.outputs(vec.T).T * w[None, :]  # (outputs, states)
     maxre, tau_slow, osc, stable = _eig_summary(jax.lax.stop_gradient(lam), w_ref)
     if t_max is None:
