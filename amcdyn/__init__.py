@@ -3,6 +3,11 @@
 import importlib.metadata
 
 from . import mimo as mimo
+from ._blockamc import (
+    BlockAMCSolution as BlockAMCSolution,
+    blockamc_solve as blockamc_solve,
+    compare_blockamc as compare_blockamc,
+)
 from ._circuits import (
     INV as INV,
     MVM as MVM,
@@ -10,6 +15,7 @@ from ._circuits import (
     AbstractDynamics as AbstractDynamics,
 )
 from ._converters import ADC as ADC, DAC as DAC
+from ._cs import LASSO as LASSO, cs_problem as cs_problem, lasso_solution as lasso_solution
 from ._devices import (
     AbstractDeviceStage as AbstractDeviceStage,
     ConductanceWindow as ConductanceWindow,
@@ -19,13 +25,34 @@ from ._devices import (
     Variation as Variation,
     WriteVerify as WriteVerify,
 )
+from ._design import (
+    DesignResult as DesignResult,
+    Objective as Objective,
+    Robust as Robust,
+    design as design,
+    load_design as load_design,
+)
+from ._egv import (
+    EGV as EGV,
+    EGVSolution as EGVSolution,
+    dominant_eigenpair as dominant_eigenpair,
+    google_matrix as google_matrix,
+    simulate_egv as simulate_egv,
+)
 from ._ginv import GINV as GINV, Ridge as Ridge
+from ._hpinv import HPINVSolution as HPINVSolution, hpinv_solve as hpinv_solve
+from ._macro import Macro as Macro, MacroResult as MacroResult
 from ._mc import monte_carlo_circuit as monte_carlo_circuit, perturb_circuit as perturb_circuit
 from ._montecarlo import MCResult as MCResult, monte_carlo as monte_carlo
 from ._ngspice import (
     SpiceSolution as SpiceSolution,
     simulate_spice as simulate_spice,
     spice_netlist as spice_netlist,
+)
+from ._noise import (
+    NoiseSolution as NoiseSolution,
+    noise_covariance as noise_covariance,
+    simulate_noise as simulate_noise,
 )
 from ._opamp import OpAmp as OpAmp
 from ._propagator import simulate_expm as simulate_expm

@@ -10,13 +10,14 @@ import abc
 from typing import ClassVar, Literal
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._converters import ADC, DAC
 from ._linalg import solve
-from ._opamp import K_GBW, P_STATIC, OpAmp, _check_f_p2
+from ._opamp import K_GBW, P_STATIC, OpAmp, _check_f_p2, limit_rate
 from ._validate import check_finite, check_ndim, check_nonnegative, check_positive, is_concrete
 from ._wires import _check_resistance, inv_row_operator, mvm_row_operator
 
@@ -47,6 +48,29 @@ class AbstractDynamics(eqx.Module):
     @abc.abstractmethod
     def dtype(self): ...
 
+    @property
+    def nonlinear(self) -> bool:
+        """Whether the vector field includes amplifier rails or slew limits (static). Then
+        `jacobian` is the small-signal linearization at the origin (the limits have unit
+        small-signal gain there) and `steady_state` is the linear model's equilibrium, not
+        necessarily the nonlinear one."""
+        return False
+
+    def limit_excess(self, y: Float[Array, " states"]) -> Float[Array, "2"]:
+        """`[rail, slew]` excesses at state `y` (dimensionless, >= 0, zero while every
+        amplifier is below 0.9 of its rail and slew rate); see `amcdyn._opamp.limit_rate`."""
+        return jnp.zeros(2, self.dtype)
+
+    def slew_time(self, y: Float[Array, " states"]) -> Float[Array, ""]:
+        """Time (s) the slew limits need to move the limited states from 0 V to `y` (rails
+        applied); 0 without slew limits."""
+        return jnp.zeros((), self.dtype)
+
+    def noise_input(self) -> Float[Array, "states amps"]:
+        r"""$\partial\dot y/\partial v_+$ (1/s): how a voltage at each amplifier's
+        non-inverting input drives the state (for input-referred noise)."""
+        raise NotImplementedError(f"{type(self).__name__} does not model amplifier noise")
+
     def outputs(self, y: Float[Array, "*batch states"]) -> Float[Array, "*batch outputs"]:
         """The observed op-amp outputs: the first `n_outputs` states."""
         return y[..., : self.n_outputs]
@@ -56,6 +80,9 @@ class AbstractCircuit(eqx.Module):
     """A circuit that computes a vector. Subclasses are final."""
 
     kind: ClassVar[str]
+    # The name of the amcdyn function that simulates this circuit when `simulate` does not
+    # (e.g. "simulate_egv"); None: `simulate` (and, when linear, the exact paths).
+    simulator: ClassVar[str | None] = None
 
     @abc.abstractmethod
     def dynamics(self) -> AbstractDynamics:
@@ -72,6 +99,13 @@ class AbstractCircuit(eqx.Module):
     @abc.abstractmethod
     def amplifier_gbw(self) -> Float[Array, " amps"]:
         """Gain-bandwidth (Hz) of every amplifier; sets the simulation's time unit."""
+
+    @property
+    def nonlinear(self) -> bool:
+        """Whether any of the circuit's [`amcdyn.OpAmp`][]s has rails or a slew-rate limit
+        (static). Such a circuit is only simulated by [`amcdyn.simulate`][]."""
+        amps = jax.tree_util.tree_leaves(self, is_leaf=lambda x: isinstance(x, OpAmp))
+        return any(isinstance(a, OpAmp) and a.nonlinear for a in amps)
 
     def amplifier_power(self) -> Float[Array, ""]:
         """Static power of all amplifiers (W). Default: the [`amcdyn.OpAmp`][] default power
@@ -137,9 +171,28 @@ def _check_per_amp(name, value, n):
         )
 
 
-def _amp_options(n, *, f_p2, v_os, p_static, k_gbw, inverter_f_p2=None, inverter_v_os=None):
+def _amp_options(
+    n,
+    *,
+    f_p2,
+    v_os,
+    p_static,
+    k_gbw,
+    inverter_f_p2=None,
+    inverter_v_os=None,
+    v_sat=None,
+    slew_rate=None,
+    inverter_v_sat=None,
+    inverter_slew_rate=None,
+):
     """Validate the op-amp non-ideality arguments of `from_matrix`; OpAmp keyword arguments
     for the main amplifiers and the inverters (which default to the main ones)."""
+    limits = (
+        ("v_sat", v_sat),
+        ("slew_rate", slew_rate),
+        ("inverter_v_sat", inverter_v_sat),
+        ("inverter_slew_rate", inverter_slew_rate),
+    )
     for name, value in (
         ("f_p2", f_p2),
         ("v_os", v_os),
@@ -147,8 +200,12 @@ def _amp_options(n, *, f_p2, v_os, p_static, k_gbw, inverter_f_p2=None, inverter
         ("k_gbw", k_gbw),
         ("inverter_f_p2", inverter_f_p2),
         ("inverter_v_os", inverter_v_os),
+        *limits,
     ):
         _check_per_amp(name, value, n)
+    for name, value in limits:
+        if value is not None:
+            check_positive(name, value)
     _check_f_p2("f_p2", f_p2)
     _check_f_p2("inverter_f_p2", inverter_f_p2)
     check_finite("v_os", v_os)
@@ -161,10 +218,12 @@ def _amp_options(n, *, f_p2, v_os, p_static, k_gbw, inverter_f_p2=None, inverter
     if k_gbw is not None:
         check_nonnegative("k_gbw", k_gbw)
         power["k_gbw"] = k_gbw
-    main = dict(f_p2=f_p2, v_os=v_os, **power)
+    main = dict(f_p2=f_p2, v_os=v_os, v_sat=v_sat, slew_rate=slew_rate, **power)
     inverter = dict(
         f_p2=f_p2 if inverter_f_p2 is None else inverter_f_p2,
         v_os=v_os if inverter_v_os is None else inverter_v_os,
+        v_sat=v_sat if inverter_v_sat is None else inverter_v_sat,
+        slew_rate=slew_rate if inverter_slew_rate is None else inverter_slew_rate,
         **power,
     )
     return {"main": main, "inverter": inverter}
@@ -197,6 +256,11 @@ class _LoopDynamics(AbstractDynamics):
     offset is folded into `c` ($c = c_\\mathrm{circuit} - v_\\mathrm{os}$). A real inverter
     amplifies $v'_\\mathrm{os} - (v_j + z_j)/2$ (two equal resistors); `inv_drive` is
     $\\omega_T' v'_\\mathrm{os}$ (V/s).
+
+    Rails and slew limits (`v_sat`, `slew_rate`, `inv_v_sat`, `inv_slew_rate`; `None`: linear)
+    act on each amplifier's first-pole (integrator) state through
+    `amcdyn._opamp.limit_rate`; `jacobian` stays the linear model (see
+    `AbstractDynamics.nonlinear`).
     """
 
     # (n, k) dense, k = n (v only) or 2n ([v; z]); or (n,) for a diagonal p (u = p v + c).
@@ -211,10 +275,53 @@ class _LoopDynamics(AbstractDynamics):
     w_p2: Float[Array, "*n"] | None = None
     inv_w_p2: Float[Array, "*n"] | None = None
     inv_drive: Float[Array, "*n"] | None = None
+    v_sat: Float[Array, "*n"] | None = None  # (V)
+    slew_rate: Float[Array, "*n"] | None = None  # (V/s)
+    inv_v_sat: Float[Array, "*n"] | None = None
+    inv_slew_rate: Float[Array, "*n"] | None = None
+    # Summing-node parasitic capacitance: S/C (1/s) per main amplifier's row node, whose
+    # voltage u is then a state (the last n, starting at 0 V); None: no node capacitance.
+    # `node_vos` is the main amplifiers' offset, which `c` has folded in (c = c_u - v_os).
+    node_rate: Float[Array, "*n"] | None = None
+    node_vos: Float[Array, "*n"] | None = None
 
     @property
     def dtype(self):
         return self.p.dtype
+
+    @property
+    def nonlinear(self):
+        limits = (self.v_sat, self.slew_rate, self.inv_v_sat, self.inv_slew_rate)
+        return any(x is not None for x in limits)
+
+    def limit_excess(self, y):
+        _, rail, slew = self._field(y)
+        return jnp.stack([rail, slew])
+
+    def slew_time(self, y):
+        n = self.n_outputs
+        x_main, x_inv = self._offsets()
+        t = jnp.zeros((), self.dtype)
+        stages = ((x_main, self.v_sat, self.slew_rate), (x_inv, self.inv_v_sat, self.inv_slew_rate))
+        for lo, v_sat, sr in stages:
+            if sr is not None:
+                dv = jnp.abs(y[lo : lo + n])
+                if v_sat is not None:
+                    dv = jnp.minimum(dv, v_sat)
+                t = jnp.maximum(t, jnp.max(dv / sr))
+        return t
+
+    def noise_input(self):
+        n = self.n_outputs
+        x_main, x_inv = self._offsets()
+        idx = jnp.arange(n)
+        ones = jnp.ones(n, self.dtype)
+        cols = n if self.inv_w_t is None else 2 * n
+        b = jnp.zeros((self.n_states, cols), self.dtype)
+        b = b.at[x_main + idx, idx].set(self.w_t * ones)
+        if self.inv_w_t is not None:
+            b = b.at[x_inv + idx, n + idx].set(self.inv_w_t * ones)
+        return b
 
     def _offsets(self):
         """Start indices of the main and inverter first-pole states."""
@@ -229,6 +336,10 @@ class _LoopDynamics(AbstractDynamics):
         return jnp.diag(self.p) if self.p.ndim == 1 else self.p
 
     def vector_field(self, y):
+        return self._field(y)[0]
+
+    def _field(self, y):
+        """(dy/dt, rail excess, slew excess)."""
         n = self.n_outputs
         v = y[:n]
         if self.p.ndim == 1:
@@ -238,26 +349,39 @@ class _LoopDynamics(AbstractDynamics):
             # faster than a fused multiply-and-sum for 1024 circuits of 16 x 32.
             pu = self.p @ y[: self.p.shape[1]]
         x_main, x_inv = self._offsets()
+        lim = (self.v_sat, self.slew_rate, self.w_t)
+        if self.node_rate is None:
+            seen, dw = pu + self.c, None  # the node sits at its quasi-static voltage
+        else:
+            u = y[self.n_states - n :]
+            vos = 0.0 if self.node_vos is None else self.node_vos
+            seen, dw = u - vos, self.node_rate * (pu + self.c + vos - u)
         if self.w_p2 is None:
-            dv = -self.w0 * v - self.w_t * (pu + self.c)
+            dv, rail, slew = limit_rate(-self.w0 * v - self.w_t * seen, v, *lim)
             dx = None
         else:
             x = y[x_main : x_main + n]
-            dx = -self.w0 * x - self.w_t * (pu + self.c)
+            dx, rail, slew = limit_rate(-self.w0 * x - self.w_t * seen, x, *lim)
             dv = self.w_p2 * (x - v)
         if self.inv_w_t is None:
-            return dv if dx is None else jnp.concatenate([dv, dx])
+            parts = [d for d in (dv, dx, dw) if d is not None]
+            return (parts[0] if len(parts) == 1 else jnp.concatenate(parts)), rail, slew
         z = y[n : 2 * n]
         drive = self.inv_drive if self.inv_drive is not None else 0.0
+        lim = (self.inv_v_sat, self.inv_slew_rate, self.inv_w_t)
         if self.inv_w_p2 is None:
-            dz = -self.inv_w0 * z - self.inv_w_t * (v + z) / 2 + drive
+            dz, rail2, slew2 = limit_rate(
+                -self.inv_w0 * z - self.inv_w_t * (v + z) / 2 + drive, z, *lim
+            )
             dxz = None
         else:
             xz = y[x_inv : x_inv + n]
-            dxz = -self.inv_w0 * xz - self.inv_w_t * (v + z) / 2 + drive
+            dxz, rail2, slew2 = limit_rate(
+                -self.inv_w0 * xz - self.inv_w_t * (v + z) / 2 + drive, xz, *lim
+            )
             dz = self.inv_w_p2 * (xz - z)
-        parts = [dv, dz] + [d for d in (dx, dxz) if d is not None]
-        return jnp.concatenate(parts)
+        parts = [dv, dz] + [d for d in (dx, dxz, dw) if d is not None]
+        return jnp.concatenate(parts), rail + rail2, slew + slew2
 
     def jacobian(self):
         n = self.n_outputs
@@ -266,8 +390,16 @@ class _LoopDynamics(AbstractDynamics):
         p = self._dense_p()
         x_main, x_inv = self._offsets()
         jac = jnp.zeros((self.n_states, self.n_states), self.dtype)
-        # Main amplifiers' first pole: -w0 on its own state, -wT p on the driving states.
-        jac = jac.at[x_main : x_main + n, : p.shape[1]].set(-(self.w_t * ones)[:, None] * p)
+        if self.node_rate is None:
+            # Main amplifiers' first pole: -w0 on its own state, -wT p on the driving states.
+            jac = jac.at[x_main : x_main + n, : p.shape[1]].set(-(self.w_t * ones)[:, None] * p)
+        else:
+            # ... driven by the node state u instead, which relaxes at S/C towards p y + c_u.
+            x_node = self.n_states - n
+            rate = self.node_rate * ones
+            jac = jac.at[x_main + idx, x_node + idx].set(-self.w_t * ones)
+            jac = jac.at[x_node : x_node + n, : p.shape[1]].set(rate[:, None] * p)
+            jac = jac.at[x_node + idx, x_node + idx].set(-rate)
         jac = jac.at[x_main + idx, x_main + idx].add(-self.w0 * ones)
         if self.w_p2 is not None:
             wp2 = self.w_p2 * ones
@@ -313,6 +445,12 @@ class _LoopDynamics(AbstractDynamics):
             parts.append(v)
         if self.inv_w_p2 is not None:
             parts.append(parts[1])
+        if self.node_rate is not None:
+            # At equilibrium the node sits at its quasi-static voltage p y + c_u.
+            k = n if self.p.ndim == 1 else self.p.shape[1]
+            y = jnp.concatenate(parts)[:k]
+            vos = 0.0 if self.node_vos is None else self.node_vos
+            parts.append((self.p * y if self.p.ndim == 1 else self.p @ y) + self.c + vos)
         return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
@@ -359,6 +497,11 @@ class INV(AbstractCircuit):
     r_w_col: Float[Array, ""] | None = None  # column-line wire segment (Ω)
     dac: DAC | None = None  # quantizes b (V) before it drives the rows
     adc: ADC | None = None  # quantizes the outputs (V) before decoding
+    # Per-column scaling D (dimensionless, > 0): the crossbar stores A D and solves
+    # (A D) y = b; `decode` returns x = D y. None: D = I. See amcdyn._design.
+    col_scale: Float[Array, " n"] | None = None
+    # Parasitic capacitance (F) from each row (summing) node to ground; None: none.
+    c_node: Float[Array, "*n"] | None = None
 
     def __check_init__(self):
         n = np.shape(self.a)[0]
@@ -367,6 +510,12 @@ class INV(AbstractCircuit):
             if np.shape(g) != (n, n):
                 raise ValueError(f"`{name}` must have shape {(n, n)}, got {np.shape(g)}")
             check_nonnegative(name, g)
+        if self.col_scale is not None:
+            if np.shape(self.col_scale) != (n,):
+                raise ValueError(
+                    f"`col_scale` must have shape {(n,)}, got {np.shape(self.col_scale)}"
+                )
+            check_positive("col_scale", self.col_scale)
         if self.inverters not in ("opamp", "ideal", "none"):
             raise ValueError(
                 f"`inverters` must be 'opamp', 'ideal' or 'none', got {self.inverters!r}"
@@ -396,12 +545,17 @@ class INV(AbstractCircuit):
         v_os: float | Float[ArrayLike, "*n"] = 0.0,
         inverter_f_p2: float | Float[ArrayLike, "*n"] | None = None,
         inverter_v_os: float | Float[ArrayLike, "*n"] | None = None,
+        v_sat: float | Float[ArrayLike, "*n"] | None = None,
+        slew_rate: float | Float[ArrayLike, "*n"] | None = None,
+        inverter_v_sat: float | Float[ArrayLike, "*n"] | None = None,
+        inverter_slew_rate: float | Float[ArrayLike, "*n"] | None = None,
         r_w: float | Float[ArrayLike, ""] | None = None,
         r_w_col: float | Float[ArrayLike, ""] | None = None,
         p_static: float | Float[ArrayLike, "*n"] | None = None,
         k_gbw: float | Float[ArrayLike, "*n"] | None = None,
         dac: DAC | None = None,
         adc: ADC | None = None,
+        c_node: float | Float[ArrayLike, "*n"] | None = None,
     ) -> "INV":
         """Map the real square matrix `a` to conductances $G^\\pm = G_0 A^\\pm$.
 
@@ -420,6 +574,10 @@ class INV(AbstractCircuit):
         - `v_os`: main op-amps' input offset (V), in series with the + input.
         - `inverter_f_p2`, `inverter_v_os`: the inverters' (default: same as the main; pass
           `inverter_f_p2=inf` for single-pole inverters behind two-pole main amplifiers).
+        - `v_sat`, `slew_rate`: main op-amps' output rail (V) and slew-rate limit (V/s), scalar
+          or per amplifier; `None` (default): linear. `inverter_v_sat`,
+          `inverter_slew_rate`: the inverters' (default: the main ones). Either makes the
+          circuit nonlinear (see [`amcdyn.OpAmp`][]): simulate it with [`amcdyn.simulate`][].
         - `r_w`: wire resistance (Ω, >= 0) of every row-line segment between neighbouring
           cells (and of every column-line segment unless `r_w_col` is given); `None` (default):
           ideal crossbar. See `amcdyn._wires` for the geometry.
@@ -428,6 +586,9 @@ class INV(AbstractCircuit):
           [`amcdyn.OpAmp`][]'s.
         - `dac`, `adc`: an [`amcdyn.DAC`][] quantizing $b$ (in volts) and an
           [`amcdyn.ADC`][] quantizing the output voltages before decoding; `None`: ideal.
+        - `c_node`: parasitic capacitance (F, > 0) from each row's summing node to ground,
+          scalar or per row; the node voltage becomes a state relaxing at $S_i/C$ (an extra
+          pole in the loop). `None` (default): no capacitance. Not with `r_w`.
 
         **Raises:** `ValueError` naming the argument for wrong shapes, non-finite entries,
         non-positive `g0`/`a0`/`f_gbw`/`f_p2`, non-finite `v_os`, negative `r_w`, or an
@@ -467,8 +628,21 @@ class INV(AbstractCircuit):
             k_gbw=k_gbw,
             inverter_f_p2=inverter_f_p2,
             inverter_v_os=inverter_v_os,
+            v_sat=v_sat,
+            slew_rate=slew_rate,
+            inverter_v_sat=inverter_v_sat,
+            inverter_slew_rate=inverter_slew_rate,
         )
         r_w, r_w_col = _wire_options(r_w, r_w_col)
+        if c_node is not None:
+            _check_per_amp("c_node", c_node, n)
+            check_positive("c_node", c_node)
+            if r_w is not None:
+                raise ValueError(
+                    "`c_node` with `r_w` is not supported: the wired crossbar's terminal "
+                    "admittance couples the row nodes (use one or the other)"
+                )
+            c_node = jnp.asarray(c_node)
         a = jnp.asarray(a)
         b = jnp.asarray(b)
         g0 = jnp.asarray(g0)
@@ -500,6 +674,7 @@ class INV(AbstractCircuit):
             r_w_col=r_w_col,
             dac=_check_converter("dac", dac, DAC),
             adc=_check_converter("adc", adc, ADC),
+            c_node=c_node,
         )
 
     @property
@@ -545,6 +720,12 @@ class INV(AbstractCircuit):
         c = c - self.amp.v_os
         inv = self.inverter
         blocks = 1 + self.amp.two_pole + (0 if inv is None else 1 + inv.two_pole)
+        node_rate = None
+        if self.c_node is not None:
+            if self.r_w is not None:
+                raise ValueError("`c_node` with `r_w` is not supported")
+            node_rate = self.row_conductance() / self.c_node
+            blocks += 1
         return _LoopDynamics(
             p=p,
             c=c,
@@ -557,11 +738,18 @@ class INV(AbstractCircuit):
             w_p2=self.amp.w_p2,
             inv_w_p2=None if inv is None else inv.w_p2,
             inv_drive=None if inv is None else inv.w_t * inv.v_os,
+            v_sat=self.amp.v_sat,
+            slew_rate=self.amp.slew_rate,
+            inv_v_sat=None if inv is None else inv.v_sat,
+            inv_slew_rate=None if inv is None else inv.slew_rate,
+            node_rate=node_rate,
+            node_vos=None if node_rate is None else self.amp.v_os,
         )
 
     def decode(self, v):
         scale = 1.0 if self.input_mode == "current" else self.g0 / self.g_in
-        return -_convert(self.adc, v) * scale / V0
+        x = -_convert(self.adc, v) * scale / V0
+        return x if self.col_scale is None else x * self.col_scale
 
     def exact_solution(self):
         return solve(self.a, self.b)
@@ -606,6 +794,8 @@ class INV(AbstractCircuit):
         else:
             num = gc + self.input_current()
         u = num / self.row_conductance()
+        if self.c_node is not None:
+            u = y[-n:]  # the node voltage is a state
         # sum_ij G_ij (c_j - u_i)^2 expanded, so that the cost is the two matvecs above.
         row_g = jnp.sum(gp, axis=1) + jnp.sum(gn, axis=1)
         p = jnp.sum(jnp.sum(gp, axis=0) * v * v) + jnp.sum(jnp.sum(gn, axis=0) * z * z)
@@ -625,13 +815,36 @@ class _MVMDynamics(AbstractDynamics):
     drive: Float[Array, " m"]  # c (V/s)
     n_states: int = eqx.field(static=True)
     n_outputs: int = eqx.field(static=True)
+    w_t: Float[Array, "*m"] | None = None  # TIAs' unity-gain frequency (rad/s)
+    v_sat: Float[Array, "*m"] | None = None  # (V)
+    slew_rate: Float[Array, "*m"] | None = None  # (V/s)
 
     @property
     def dtype(self):
         return self.decay.dtype
 
+    @property
+    def nonlinear(self):
+        return self.v_sat is not None or self.slew_rate is not None
+
+    def _field(self, y):
+        return limit_rate(-self.decay * y + self.drive, y, self.v_sat, self.slew_rate, self.w_t)
+
     def vector_field(self, y):
-        return -self.decay * y + self.drive
+        return self._field(y)[0]
+
+    def limit_excess(self, y):
+        _, rail, slew = self._field(y)
+        return jnp.stack([rail, slew])
+
+    def slew_time(self, y):
+        if self.slew_rate is None:
+            return jnp.zeros((), self.dtype)
+        dv = jnp.abs(y) if self.v_sat is None else jnp.minimum(jnp.abs(y), self.v_sat)
+        return jnp.max(dv / self.slew_rate)
+
+    def noise_input(self):
+        return jnp.diag(self.w_t * jnp.ones(self.n_states, self.dtype))
 
     def jacobian(self):
         return -jnp.diag(self.decay)
@@ -692,6 +905,8 @@ class MVM(AbstractCircuit):
         f_gbw: float | Float[ArrayLike, "*m"] = 1e8,
         f_p2: float | Float[ArrayLike, "*m"] | None = None,
         v_os: float | Float[ArrayLike, "*m"] = 0.0,
+        v_sat: float | Float[ArrayLike, "*m"] | None = None,
+        slew_rate: float | Float[ArrayLike, "*m"] | None = None,
         r_w: float | Float[ArrayLike, ""] | None = None,
         r_w_col: float | Float[ArrayLike, ""] | None = None,
         p_static: float | Float[ArrayLike, "*m"] | None = None,
@@ -708,6 +923,9 @@ class MVM(AbstractCircuit):
         - `a0`, `f_gbw`: TIA op-amps' DC gain and gain-bandwidth (Hz); scalar or per-row.
         - `f_p2`: TIAs' second pole (Hz); `None`/`inf`: single pole.
         - `v_os`: TIAs' input offset (V), in series with the + input.
+        - `v_sat`, `slew_rate`: TIAs' output rail (V) and slew-rate limit (V/s); `None`
+          (default): linear. Either makes the circuit nonlinear (simulate it with
+          [`amcdyn.simulate`][]).
         - `r_w`, `r_w_col`: wire segment resistances (Ω) of the row and column lines, as in
           [`amcdyn.INV.from_matrix`][]; `None`: ideal crossbar.
         - `p_static`, `k_gbw`: static power model of the TIAs (W, W/Hz).
@@ -723,7 +941,15 @@ class MVM(AbstractCircuit):
             check_positive("g_f", g_f)
         for name, value in (("a0", a0), ("f_gbw", f_gbw), ("g_f", g_f)):
             _check_per_amp(name, value, np.shape(a)[0])
-        opts = _amp_options(np.shape(a)[0], f_p2=f_p2, v_os=v_os, p_static=p_static, k_gbw=k_gbw)
+        opts = _amp_options(
+            np.shape(a)[0],
+            f_p2=f_p2,
+            v_os=v_os,
+            p_static=p_static,
+            k_gbw=k_gbw,
+            v_sat=v_sat,
+            slew_rate=slew_rate,
+        )
         r_w, r_w_col = _wire_options(r_w, r_w_col)
         a = jnp.asarray(a)
         g0 = jnp.asarray(g0)
@@ -757,7 +983,15 @@ class MVM(AbstractCircuit):
             ones = jnp.ones(self.m, denom.dtype)
             decay = self.amp.w0 * ones + self.amp.w_t * self.g_f / denom
             drive = -self.amp.w_t * i_in / denom + self.amp.w_t * self.amp.v_os
-            return _MVMDynamics(decay=decay, drive=drive, n_states=self.m, n_outputs=self.m)
+            return _MVMDynamics(
+                decay=decay,
+                drive=drive,
+                n_states=self.m,
+                n_outputs=self.m,
+                w_t=self.amp.w_t,
+                v_sat=self.amp.v_sat,
+                slew_rate=self.amp.slew_rate,
+            )
         if self.r_w is None:
             p, c = self.g_f / denom, i_in / denom  # diagonal: u = p V + c
         else:
@@ -774,6 +1008,8 @@ class MVM(AbstractCircuit):
             n_states=self.m * (1 + self.amp.two_pole),
             n_outputs=self.m,
             w_p2=self.amp.w_p2,
+            v_sat=self.amp.v_sat,
+            slew_rate=self.amp.slew_rate,
         )
 
     def decode(self, v):

@@ -361,8 +361,10 @@ def _is_signed(a) -> bool:
 
 def _check_fields(circuit):
     shape = np.shape(circuit.a)
-    for name in ("g_pos", "g_neg"):
+    for name in ("g_pos", "g_neg", "g_pos_2", "g_neg_2"):
         g = getattr(circuit, name)
+        if g is None:
+            continue
         if np.shape(g) != shape:
             raise ValueError(f"`{name}` must have shape {shape}, got {np.shape(g)}")
         check_nonnegative(name, g)
@@ -384,10 +386,16 @@ def _sizes(a, mode):
 
 def _dynamics(circuit, g_lambda, w_bank, v_bank) -> _GINVDynamics:
     """The loop's ODE for a GINV/Ridge circuit (see the module docstring)."""
+    # Array 2 is a physically separate copy of A (its own devices): `g_pos_2`/`g_neg_2` when
+    # given (programmed independently, e.g. by Monte Carlo or a macro), else array 1's values.
+    gp2 = circuit.g_pos if circuit.g_pos_2 is None else circuit.g_pos_2
+    gn2 = circuit.g_neg if circuit.g_neg_2 is None else circuit.g_neg_2
     if circuit.mode == "left":
         bp, bn = circuit.g_pos, circuit.g_neg
+        cp, cn = gp2, gn2
     else:
         bp, bn = circuit.g_pos.T, circuit.g_neg.T
+        cp, cn = gp2.T, gn2.T
     n1, n2 = bp.shape
     dtype = bp.dtype
     i_in = circuit.g0 * circuit.b * V0
@@ -395,16 +403,17 @@ def _dynamics(circuit, g_lambda, w_bank, v_bank) -> _GINVDynamics:
     i1, i2 = (i_in, zeros2) if circuit.mode == "left" else (zeros1, i_in)
     if v_bank == "none":
         bn = jnp.zeros_like(bn)  # unsigned (a non-negative matrix): no negative arrays
+        cn = jnp.zeros_like(cn)
     if circuit.inverters == "differential":
         # B- (and G_lambda) sit on the op-amp's other input; a conductance to ground balances
         # the two inputs to the larger total, so v+ - v- = (sum of signed currents) / D.
         d1 = jnp.maximum(jnp.sum(bp, axis=1) + circuit.g_f, jnp.sum(bn, axis=1))
-        d2 = jnp.maximum(jnp.sum(bp, axis=0), jnp.sum(bn, axis=0) + g_lambda)
+        d2 = jnp.maximum(jnp.sum(cp, axis=0), jnp.sum(cn, axis=0) + g_lambda)
         w_bank = "ideal" if w_bank == "differential" else w_bank
         v_bank = "ideal" if v_bank == "differential" else v_bank
     else:
         d1 = jnp.sum(bp + bn, axis=1) + circuit.g_f
-        d2 = jnp.sum(bp + bn, axis=0) + g_lambda
+        d2 = jnp.sum(cp + cn, axis=0) + g_lambda
     inv = circuit.inverter
     real = "opamp" in (w_bank, v_bank)
     n_inv = (n2 if w_bank == "opamp" else 0) + (n1 if v_bank == "opamp" else 0)
@@ -413,8 +422,8 @@ def _dynamics(circuit, g_lambda, w_bank, v_bank) -> _GINVDynamics:
         bn1=bn / d1[:, None],
         f1=circuit.g_f / d1,
         c1=i1 / d1,
-        bp2=bp.T / d2[:, None],
-        bn2=bn.T / d2[:, None],
+        bp2=cp.T / d2[:, None],
+        bn2=cn.T / d2[:, None],
         l2=g_lambda / d2,
         c2=i2 / d2,
         tia_w0=circuit.tia.w0,
@@ -492,6 +501,9 @@ class GINV(AbstractCircuit):
     mode: Literal["left", "right"] = eqx.field(static=True)
     inverters: Literal["opamp", "ideal", "differential"] = eqx.field(static=True)
     signed: bool = eqx.field(static=True)
+    # Array 2's own conductances (same orientation as `g_pos`); None: a copy of array 1.
+    g_pos_2: Float[Array, "p q"] | None = None
+    g_neg_2: Float[Array, "p q"] | None = None
 
     def __check_init__(self):
         _check_fields(self)
@@ -621,6 +633,9 @@ class Ridge(AbstractCircuit):
     mode: Literal["left", "right"] = eqx.field(static=True)
     inverters: Literal["opamp", "ideal", "differential"] = eqx.field(static=True)
     signed: bool = eqx.field(static=True)
+    # Array 2's own conductances (same orientation as `g_pos`); None: a copy of array 1.
+    g_pos_2: Float[Array, "p q"] | None = None
+    g_neg_2: Float[Array, "p q"] | None = None
 
     def __check_init__(self):
         _check_fields(self)

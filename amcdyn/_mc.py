@@ -59,6 +59,16 @@ _SAMPLE_FNS_SIZE = 8
 # One sample
 
 
+def _own_simulator(circuit) -> Callable | None:
+    """The circuit's own simulation function (`circuit.simulator`, e.g. EGV's), or None."""
+    name = getattr(circuit, "simulator", None)
+    if name is None:
+        return None
+    import amcdyn
+
+    return getattr(amcdyn, name)
+
+
 def _check_circuit(circuit) -> None:
     if not isinstance(circuit, AbstractCircuit) or not all(
         hasattr(circuit, f) for f in ("g_pos", "g_neg", "amp")
@@ -105,7 +115,9 @@ def perturb_circuit(
     `key` is split into four independent keys (the same four whatever the options, so turning
     the offsets on does not change the conductance draws): $G^+$ and $G^-$ are programmed
     separately, `programming(g_pos, key=k1)` and `programming(g_neg, key=k2)` (absent devices,
-    $G = 0$, stay absent as the stages define); with `offset_sigma` every main amplifier gets
+    $G = 0$, stay absent as the stages define); a two-array circuit (GINV, Ridge) gets its second
+    array programmed independently (`g_pos_2`, `g_neg_2`; LASSO's `g2_pos`, `g2_neg`); with
+    `offset_sigma` every main amplifier gets
     an input offset $v_\mathrm{os} + \sigma\xi$ and every real inverter $v'_\mathrm{os} +
     \sigma\xi'$ (V, $\xi, \xi' \sim \mathcal N(0, 1)$ independent per amplifier) on top of its
     nominal offset. The circuit's matrix, right-hand side and hence `exact_solution()` stay the
@@ -123,7 +135,27 @@ def perturb_circuit(
     if programming is not None:
         g_pos = programming(c.g_pos, key=k_pos)
         g_neg = programming(c.g_neg, key=k_neg)
-        c = eqx.tree_at(lambda c: (c.g_pos, c.g_neg), c, (g_pos, g_neg))
+        if hasattr(c, "g_pos_2"):
+            # GINV/Ridge: array 2 is a separate set of devices, programmed independently (its
+            # keys are derived from k_pos/k_neg, so array 1's draws do not change).
+            g_pos_2 = programming(
+                c.g_pos if c.g_pos_2 is None else c.g_pos_2, key=jr.fold_in(k_pos, 2)
+            )
+            g_neg_2 = programming(
+                c.g_neg if c.g_neg_2 is None else c.g_neg_2, key=jr.fold_in(k_neg, 2)
+            )
+            c = dataclasses.replace(
+                c, g_pos=g_pos, g_neg=g_neg, g_pos_2=g_pos_2, g_neg_2=g_neg_2
+            )
+        elif hasattr(c, "g2_pos"):
+            # LASSO: array 2 (Phi^T) is its own set of devices, programmed independently.
+            g2_pos = programming(c.g2_pos, key=jr.fold_in(k_pos, 2))
+            g2_neg = programming(c.g2_neg, key=jr.fold_in(k_neg, 2))
+            c = eqx.tree_at(
+                lambda c: (c.g_pos, c.g_neg, c.g2_pos, c.g2_neg), c, (g_pos, g_neg, g2_pos, g2_neg)
+            )
+        else:
+            c = eqx.tree_at(lambda c: (c.g_pos, c.g_neg), c, (g_pos, g_neg))
     if offset_sigma is not None:
         n_amps = np.shape(c.g_pos)[0]  # one amplifier per row, for INV and MVM
         dtype = jnp.result_type(c.g_pos)
@@ -345,7 +377,10 @@ def monte_carlo_circuit(
     - `method`: `"expm"` (default; [`amcdyn.simulate_expm`][], exact propagator on `n_steps`
       intervals: the fastest in batches and for stiff circuits), `"ode"`
       ([`amcdyn.simulate`][] with the solver chosen for the nominal circuit and `max_steps`)
-      or `"analytic"` ([`amcdyn.simulate_analytic`][], eigendecomposition).
+      or `"analytic"` ([`amcdyn.simulate_analytic`][], eigendecomposition). A nonlinear
+      circuit (op-amp rails/slew, LASSO) needs `"ode"`; a circuit with its own simulator
+      (EGV: [`amcdyn.simulate_egv`][]) needs `"ode"` and is run by that simulator (also for
+      the default `t_max`).
     - `n_steps`: grid intervals of the `"expm"` path; `max_steps`: ODE step budget.
     - `chunk_size`, `out`, `progress`, `devices`, `callback`: as in [`amcdyn.monte_carlo`][].
       With `out` the run is resumable; an existing file of another configuration (circuit,
@@ -383,8 +418,21 @@ def monte_carlo_circuit(
         raise ValueError(f"`tol` must be a number in (0, 1), got {tol!r}") from None
     if not 0 < tol_f < 1:
         raise ValueError(f"`tol` must be in (0, 1) (a relative band), got {tol!r}")
+    own = _own_simulator(circuit)
+    if (own is not None or circuit.nonlinear) and method != "ode":
+        what = (
+            f"{type(circuit).__name__} is simulated by amcdyn.{circuit.simulator}"
+            if own is not None
+            else "the circuit is nonlinear"
+        )
+        raise ValueError(f"`method` must be 'ode' here ({what}), got {method!r}")
     if t_max is None:
-        nominal = simulate_analytic(circuit, tol=tol_f, n_save=0, throw=False)
+        if own is not None:
+            nominal = own(circuit, tol=tol_f, max_steps=max_steps, throw=False)
+        elif circuit.nonlinear:
+            nominal = simulate(circuit, tol=tol_f, n_save=0, max_steps=max_steps, throw=False)
+        else:
+            nominal = simulate_analytic(circuit, tol=tol_f, n_save=0, throw=False)
         t_max_f = T_MAX_FACTOR * float(nominal.t_max)
         if not (math.isfinite(t_max_f) and t_max_f > 0):
             raise ValueError(
@@ -400,7 +448,7 @@ def monte_carlo_circuit(
             raise ValueError(f"`t_max` must be finite and > 0 (s), got {t_max!r}")
     _check_windows(circuit, programming)
     prog = _clipping(programming)
-    solver = _pick_solver(circuit) if method == "ode" else None
+    solver = _pick_solver(circuit) if method == "ode" and own is None else None
     dtype = jnp.result_type(circuit.g_pos)
 
     config = _run_config(
@@ -411,7 +459,9 @@ def monte_carlo_circuit(
 
     def sample_fn(k):
         c = perturb_circuit(circuit, k, programming=prog, offset_sigma=offset_sigma)
-        if method == "expm":
+        if own is not None:
+            sol = own(c, tol=tol_f, t_max=t_max_f, n_save=N_SAVE, max_steps=max_steps, throw=False)
+        elif method == "expm":
             sol = simulate_expm(
                 c, tol=tol_f, t_max=t_max_f, n_steps=n_steps, save=True, stability=False,
                 throw=False,

@@ -112,6 +112,11 @@ def spice_netlist(
     if not (math.isfinite(t_stop) and t_stop > 0):
         raise ValueError(f"`t_stop` must be finite and > 0, got {t_stop!r}")
     t_step = t_stop / n_points
+    if getattr(circuit, "nonlinear", False):
+        raise ValueError(
+            "`circuit` is nonlinear (op-amp rails or slew-rate limit set): the ngspice "
+            "macromodel is the linear single/two-pole op-amp, so there is no equivalent netlist"
+        )
     if isinstance(circuit, INV):
         kw = dict(
             a0=_f64(circuit.amp.a0),
@@ -139,6 +144,8 @@ def spice_netlist(
         else:
             drive = _f64(circuit.b) * V0
             kw.update(g_in=_f64(circuit.g_in))
+        if circuit.c_node is not None:
+            kw.update(c_node=_f64(circuit.c_node))
         return _spice.inv_netlist(_f64(circuit.g_pos), g_neg, drive, **kw)
     if isinstance(circuit, MVM):
         return _spice.mvm_netlist(

@@ -1,4 +1,5 @@
-"""The operational-amplifier model: one or two poles, input offset, static power."""
+"""The operational-amplifier model: one or two poles, input offset, static power, and the
+optional output rails and slew-rate limit."""
 
 import math
 from collections.abc import Callable
@@ -21,6 +22,50 @@ from ._validate import check_finite, check_nonnegative, check_positive, is_concr
 # set `p_static`/`k_gbw` (or `power_model`) for the technology being studied.
 P_STATIC = 25e-3  # W
 K_GBW = 1e-10  # W/Hz (0.1 mW per MHz of gain-bandwidth)
+
+# Rail knee: outward motion is throttled by 1 - (V/v_sat)^RAIL_POWER (linear within 1% up to
+# 0.56 v_sat, and a stiffness of only RAIL_POWER * rate / v_sat at the rail).
+RAIL_POWER = 8
+# A limit counts as "hit" when |V| > LIMIT_FLAG * v_sat or |dV/dt| > LIMIT_FLAG * SR.
+LIMIT_FLAG = 0.9
+
+
+def limit_rate(rate, state, v_sat, slew_rate, w_t):
+    r"""Apply an amplifier stage's slew-rate limit and output rails to its rate (V/s).
+
+    Slew: $r \to \mathrm{SR}\tanh(r/\mathrm{SR})$ (the tanh transfer of a differential input
+    pair whose tail current charges the compensation capacitor). Rails: motion towards a rail
+    is multiplied by $1 - (V/v_\mathrm{sat})^8$ (the sign of the rate taken smoothly), so the
+    state stops at $\pm v_\mathrm{sat}$ without wind-up while motion away from the rail is
+    unaffected. `None` limits are skipped (the linear model).
+
+    **Returns:** `(rate, rail_excess, slew_excess)`; the excesses are
+    $\sum_i \max(0, |V_i|/v_\mathrm{sat} - 0.9)$ and the same for $|\dot V_i|/\mathrm{SR}$:
+    zero exactly while the stage stays clear of its limits.
+    """
+    zero = jnp.zeros((), rate.dtype)
+    rail, slew = zero, zero
+    if slew_rate is not None:
+        rate = slew_rate * jnp.tanh(rate / slew_rate)
+    if v_sat is not None:
+        # Smooth sign of the rate; its width (1e-6 of w_T v_sat, i.e. a rate that crosses the
+        # range in 1e6 unity-gain periods) only matters where the rate changes sign at a rail.
+        up = 0.5 * (1 + jnp.tanh(rate / (1e-6 * w_t * v_sat)))
+        g_up = (jnp.maximum(state, 0) / v_sat) ** RAIL_POWER
+        g_dn = (jnp.maximum(-state, 0) / v_sat) ** RAIL_POWER
+        rate = rate * (1 - up * g_up - (1 - up) * g_dn)
+        rail = jnp.sum(jnp.maximum(jnp.abs(state) / v_sat - LIMIT_FLAG, 0))
+    if slew_rate is not None:
+        slew = jnp.sum(jnp.maximum(jnp.abs(rate) / slew_rate - LIMIT_FLAG, 0))
+    return rate, rail, slew
+
+
+def _check_limit(name, value):
+    """None (no limit) or the validated positive, finite array."""
+    if value is None:
+        return None
+    check_positive(name, value)
+    return jnp.asarray(value)
 
 
 def _check_f_p2(name, f_p2):
@@ -77,9 +122,14 @@ class OpAmp(eqx.Module):
       `amcdyn._opamp.P_STATIC`); amc-physics.md gives no op-amp power.
     - `power_model`: optional callable `f_gbw -> W per amplifier` that replaces the linear
       model (it must be written in `jax.numpy` to be differentiable).
+    - `v_sat`: output rail (V, > 0): the output stays within $\pm v_\mathrm{sat}$ (smooth
+      knee, see `amcdyn._opamp.limit_rate`); `None` (default): no rails.
+    - `slew_rate`: slew-rate limit SR (V/s, > 0): $|\dot V| < \mathrm{SR}$ through
+      $\mathrm{SR}\tanh(\cdot/\mathrm{SR})$ on the rate; `None` (default): no limit.
+      With either limit the circuit is nonlinear: only [`amcdyn.simulate`][] accepts it.
 
-    **Raises:** `ValueError` naming the argument for a non-positive `a0`/`f_gbw`/`f_p2`, a
-    non-finite `v_os`, a negative `p_static`/`k_gbw`.
+    **Raises:** `ValueError` naming the argument for a non-positive `a0`/`f_gbw`/`f_p2`/
+    `v_sat`/`slew_rate`, a non-finite `v_os`, a negative `p_static`/`k_gbw`.
     """
 
     a0: Float[Array, "*amps"]
@@ -89,6 +139,8 @@ class OpAmp(eqx.Module):
     p_static: Float[Array, "*amps"]
     k_gbw: Float[Array, "*amps"]
     power_model: Callable[[Array], Array] | None = eqx.field(static=True)
+    v_sat: Float[Array, "*amps"] | None = None
+    slew_rate: Float[Array, "*amps"] | None = None
 
     def __init__(
         self,
@@ -100,6 +152,8 @@ class OpAmp(eqx.Module):
         p_static: Float[ArrayLike, "*amps"] = P_STATIC,
         k_gbw: Float[ArrayLike, "*amps"] = K_GBW,
         power_model: Callable[[Array], Array] | None = None,
+        v_sat: Float[ArrayLike, "*amps"] | None = None,
+        slew_rate: Float[ArrayLike, "*amps"] | None = None,
     ):
         check_positive("a0", a0, allow_inf=True)
         check_positive("f_gbw", f_gbw)
@@ -115,6 +169,8 @@ class OpAmp(eqx.Module):
         self.p_static = jnp.asarray(p_static)
         self.k_gbw = jnp.asarray(k_gbw)
         self.power_model = power_model
+        self.v_sat = _check_limit("v_sat", v_sat)
+        self.slew_rate = _check_limit("slew_rate", slew_rate)
 
     @property
     def w_t(self) -> Float[Array, "*amps"]:
@@ -130,6 +186,11 @@ class OpAmp(eqx.Module):
     def w_p2(self) -> Float[Array, "*amps"] | None:
         """Second pole $\\omega_{p2} = 2\\pi f_{p2}$ (rad/s), or `None` for a single pole."""
         return None if self.f_p2 is None else 2 * math.pi * self.f_p2
+
+    @property
+    def nonlinear(self) -> bool:
+        """Whether rails or a slew-rate limit are set (a static, structural property)."""
+        return self.v_sat is not None or self.slew_rate is not None
 
     @property
     def two_pole(self) -> bool:

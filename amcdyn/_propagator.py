@@ -28,6 +28,7 @@ from jaxtyping import Array, Float
 from ._circuits import AbstractCircuit
 from ._simulate import (
     _DIVERGED,
+    _check_linear,
     _check_options,
     _energy,
     _prelude,
@@ -169,6 +170,7 @@ def simulate_expm(
     **Returns:** a [`amcdyn.Solution`][] with `num_steps = n_steps`; `v_final` is the state at
     $t_\max$.
     """
+    _check_linear(circuit, "simulate_expm")
     _check_options(tol, t_max, 0)
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 4:
         raise ValueError(f"`n_steps` must be an int >= 4, got {n_steps!r}")

@@ -1,6 +1,7 @@
 """Result of a simulation: waveforms, settling time, precision, stability and status."""
 
 import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Complex, Float, Int
 
@@ -59,6 +60,10 @@ class Solution(eqx.Module):
     - `energy`: energy of one solve (J): `power` x `settling_time`, plus the resistive
       (crossbar) dissipation $\\int_0^{t_s} \\sum G\\,\\Delta V^2 dt$ over the transient,
       plus the DAC/ADC conversions. `inf`/`nan` exactly when `settling_time` is.
+    - `rail_hit`, `slew_hit`: whether some amplifier came within 10% of its output rail
+      ($|V| > 0.9\\,v_\\mathrm{sat}$) or of its slew-rate limit ($|\\dot V| > 0.9\\,\\mathrm{SR}$)
+      at any time of the transient ([`amcdyn.simulate`][] integrates both conditions along
+      the trajectory). Always `False` for a linear circuit. See `status_text`.
     """
 
     ts: Float[Array, " times"]
@@ -82,6 +87,8 @@ class Solution(eqx.Module):
     num_steps: Int[Array, ""]
     power: Float[Array, ""]
     energy: Float[Array, ""]
+    rail_hit: Bool[Array, ""] = eqx.field(default_factory=lambda: jnp.asarray(False))
+    slew_hit: Bool[Array, ""] = eqx.field(default_factory=lambda: jnp.asarray(False))
 
     @property
     def status(self) -> str:
@@ -90,6 +97,17 @@ class Solution(eqx.Module):
         Only for an unbatched, concrete solution; see `status_names` for batches.
         """
         return STATUS_NAMES[int(np.asarray(self.result._value))]
+
+    @property
+    def status_text(self) -> str:
+        """The status name, followed by the limits hit during the transient, e.g.
+        `"settled (output rail hit, slew-rate limit hit)"`. Unbatched, concrete solutions."""
+        hits = []
+        if bool(np.asarray(self.rail_hit)):
+            hits.append("output rail hit")
+        if bool(np.asarray(self.slew_hit)):
+            hits.append("slew-rate limit hit")
+        return self.status + (f" ({', '.join(hits)})" if hits else "")
 
     def status_names(self) -> np.ndarray:
         """Status names for a (possibly batched) solution, as a NumPy array of str."""
@@ -118,6 +136,9 @@ class Solution(eqx.Module):
             "num_steps": int(np.asarray(self.num_steps)),
             "power_w": f(self.power),
             "energy_j": f(self.energy),
+            "rail_hit": bool(np.asarray(self.rail_hit)),
+            "slew_hit": bool(np.asarray(self.slew_hit)),
+            "status_text": self.status_text,
         }
 
 

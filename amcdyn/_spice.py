@@ -293,6 +293,7 @@ def inv_netlist(
     inverter_v_os=None,
     r_row=0.0,
     r_col=None,
+    c_node=None,
     t_stop,
     t_step,
     tight=True,
@@ -396,6 +397,11 @@ def inv_netlist(
                 lines.append(f"Rif{j} u{j} m{j} {r}")
             else:
                 lines.append(f"Einv{j} u{j} 0 v{j} 0 -1")
+    if c_node is not None:
+        cn = _per_amp("c_node", c_node, n)
+        lines.append("* summing-node parasitic capacitance")
+        for i in range(n):
+            lines.append(f"Cn{i} n{i} 0 {_num(cn[i])}")
     lines += _tran(t_stop, t_step, tight)
     lines.append(".end")
     return "\n".join(lines) + "\n"

@@ -65,13 +65,20 @@ def netlist(circuit: GINV | Ridge, *, t_stop: float, t_step: float, tight: bool 
     """The ngspice netlist of `circuit`'s step response (all op-amp outputs start at 0 V)."""
     n1, n2 = _sizes(circuit)
     gp, gn = _f64(circuit.g_pos), _f64(circuit.g_neg)
+    # Array 2: its own devices when programmed separately, else a copy of array 1.
+    gp2 = gp if circuit.g_pos_2 is None else _f64(circuit.g_pos_2)
+    gn2 = gn if circuit.g_neg_2 is None else _f64(circuit.g_neg_2)
     if circuit.mode == "right":
         gp, gn = gp.T, gn.T  # B = G^T: TIA i reads column i of A
+        gp2, gn2 = gp2.T, gn2.T
     w_bank, v_bank = _banks(circuit)
     if v_bank == "none":
         gn = np.zeros_like(gn)
+        gn2 = np.zeros_like(gn2)
     gp = _spice._matrix("g_pos", gp)
     gn = _spice._matrix("g_neg", gn)
+    gp2 = _spice._matrix("g_pos_2", gp2)
+    gn2 = _spice._matrix("g_neg_2", gn2)
     g_f = _spice._per_amp("g_f", circuit.g_f, n1)
     if isinstance(circuit, Ridge):
         g_lam = _spice._per_amp("g_lambda", circuit.g_lambda, n2, positive=False)
@@ -110,17 +117,15 @@ def netlist(circuit: GINV | Ridge, *, t_stop: float, t_step: float, tight: bool 
             lines.append(f"Iin{k} 0 {node}{k} DC {num(value)}")
     lines.append("* array 1 (TIA side) and array 2 (second-stage side)")
     for i, j in zip(*np.nonzero(gp > 0)):
-        r = num(1.0 / gp[i, j])
-        lines.append(f"R1p{i}_{j} r{i} w{j} {r}")
-        lines.append(f"R2p{i}_{j} s{j} v{i} {r}")
+        lines.append(f"R1p{i}_{j} r{i} w{j} {num(1.0 / gp[i, j])}")
+    for i, j in zip(*np.nonzero(gp2 > 0)):
+        lines.append(f"R2p{i}_{j} s{j} v{i} {num(1.0 / gp2[i, j])}")
     for i, j in zip(*np.nonzero(gn > 0)):
         r = num(1.0 / gn[i, j])
-        if diff:
-            lines.append(f"R1n{i}_{j} rp{i} w{j} {r}")
-            lines.append(f"R2n{i}_{j} sm{j} v{i} {r}")
-        else:
-            lines.append(f"R1n{i}_{j} r{i} wb{j} {r}")
-            lines.append(f"R2n{i}_{j} s{j} vb{i} {r}")
+        lines.append(f"R1n{i}_{j} rp{i} w{j} {r}" if diff else f"R1n{i}_{j} r{i} wb{j} {r}")
+    for i, j in zip(*np.nonzero(gn2 > 0)):
+        r = num(1.0 / gn2[i, j])
+        lines.append(f"R2n{i}_{j} sm{j} v{i} {r}" if diff else f"R2n{i}_{j} s{j} vb{i} {r}")
     for j in np.flatnonzero(g_lam > 0):
         r = num(1.0 / g_lam[j])
         lines.append(f"Rlam{j} sm{j} w{j} {r}" if diff else f"Rlam{j} s{j} wb{j} {r}")
@@ -131,7 +136,7 @@ def netlist(circuit: GINV | Ridge, *, t_stop: float, t_step: float, tight: bool 
             lines += _balance(f"Rbal1m{i}", f"r{i}", pos, max(pos, neg))
             lines += _balance(f"Rbal1p{i}", f"rp{i}", neg, max(pos, neg))
         for j in range(n2):
-            pos, neg = gp[:, j].sum(), gn[:, j].sum() + g_lam[j]
+            pos, neg = gp2[:, j].sum(), gn2[:, j].sum() + g_lam[j]
             lines += _balance(f"Rbal2p{j}", f"s{j}", pos, max(pos, neg))
             lines += _balance(f"Rbal2m{j}", f"sm{j}", neg, max(pos, neg))
     for bank, inv, n in (("w", w_bank, n2), ("v", v_bank, n1)):

@@ -1,0 +1,304 @@
+r"""HP-INV: high-precision solves by iterative refinement around a low-precision analog INV.
+
+Scheme (amc-physics.md §10; Nature Electronics 2025). With $x_0 = 0$ and $r_0 = b$, cycle $k$:
+
+1. scale the residual to full scale, $\tilde r = r_k/s_k$ with $s_k = \|r_k\|_\infty$;
+2. solve $\hat A\,\tilde\delta = \tilde r$ on the **low-precision analog INV** (LP-INV): the
+   arrays hold $A$ quantized to `bits`-bit cells ($2^\mathrm{bits}$ levels in
+   $[G_\min, G_\max]$, by default 8 levels in 0.5–35 µS, each array mapped with
+   $G_0 = G_\max/\max|M|$), plus any programming variation; the transient is simulated
+   ([`amcdyn.INV`][] or, with `block=True`, a one-stage [`amcdyn.blockamc_solve`][] on
+   half-size arrays) and its output sampled when it settles;
+3. $x_{k+1} = x_k + s_k\tilde\delta$;
+4. $r_{k+1} = b - A x_{k+1}$ by the **high-precision MVM** (HP-MVM).
+
+It stops when $\|r_k\|_\infty \le 2^{-\mathrm{target\_bits}}\|b\|_\infty$ (24-bit fixed point by
+default) or after `iterations` cycles.
+
+**HP-MVM model.** The residual is computed digitally in float64 from the matrix the HP-MVM
+stores: $A$ itself (`hp_slices=None`), or $A$ rounded to `hp_slices` 3-bit slices,
+$A \approx \max|A|\sum_{i=1}^{S} 2^{-3i} Q_i$ with integer slices $Q_i \in \{-7..7\}$ (the
+shift-and-add of exact slice products, i.e. a fixed-point $A$ with $3S$ fraction bits). The
+refinement then converges to the solution of the *stored* matrix, so $S$ slices cap the
+precision near $3S - \log_2\kappa$ bits. Its cost per cycle is a documented model, not a
+transient: `t_mvm` (s, default 60 ns, the HP-MVM response reported in [S]) and `e_mvm` (J,
+default: $S$ arrays of $n$ TIAs with the [`amcdyn.OpAmp`][] power model at `f_gbw` for
+`t_mvm`; crossbar dissipation neglected).
+
+**Convergence.** The LP-INV at steady state is a linear map $\tilde r \mapsto L\tilde r$
+(finite gain, quantization, variation and wires included; $L \approx \hat A^{-1}$), obtained
+exactly by `jax.jacfwd` of the steady-state chain. The residual obeys
+$r_{k+1} = (I - A L)\, r_k$, so it contracts iff $\rho(I - A L) < 1$, and asymptotically by
+the factor $\rho$ per cycle, i.e. $\log_2(1/\rho)$ bits per cycle (the sampling at the
+settling band adds a perturbation of order `tol`). `contraction` reports $\rho$; when
+$\rho \ge 1$ the refinement diverges and the status is `"not_converged"`.
+
+The loop is a host-level controller (it stops on a concrete test), so the whole solve is not
+`jit`/`vmap`-able; each cycle's analog transients are compiled once and reused.
+"""
+
+import math
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._blockamc import (
+    _check_common,
+    _perturb,
+    _step,
+    blockamc_solve,
+    blockamc_steady,
+    check_problem,
+)
+from ._circuits import INV
+from ._devices import AbstractDeviceStage, ConductanceWindow, Programming
+from ._linalg import solve
+from ._opamp import K_GBW, P_STATIC
+from ._solution import RESULTS, STATUS_NAMES
+from ._validate import check_finite, check_positive
+
+
+HP_STATUS = ("converged", "not_converged") + STATUS_NAMES[1:]
+
+
+class HPINVSolution(eqx.Module):
+    """What [`amcdyn.hpinv_solve`][] returns. Times in s, energies in J.
+
+    **Fields:**
+
+    - `solution`: $x$ (float64); `exact`: $A^{-1}b$ (LU); `rel_error`:
+      $\\|x - x^*\\|_\\infty/\\|x^*\\|_\\infty$ and `bits` $= -\\log_2$ of it (fixed-point bits).
+    - `cycles`: refinement cycles run; `bits_history`, `residual_history`: after each cycle,
+      the fixed-point bits of $x_k$ and $\\|r_k\\|_\\infty/\\|b\\|_\\infty$, shape `(cycles,)`.
+    - `settling_time`: total time, the sum of `cycle_times` (analog settling + `t_mvm`);
+      `analog_time`: the analog part; `energy`: the sum of `cycle_energies`.
+    - `contraction`: $\\rho(I - AL)$ of the programmed LP-INV; `contraction_norm`:
+      $\\|I - AL\\|_2$.
+    - `status`: `"converged"` (target reached), `"not_converged"` (not within `iterations`,
+      e.g. $\\rho \\ge 1$), or the status of a failed analog step (`"not_settled"`,
+      `"unstable"`, ...), which stops the loop.
+    """
+
+    solution: Float[Array, " n"]
+    exact: Float[Array, " n"]
+    rel_error: Float[Array, ""]
+    bits: Float[Array, ""]
+    bits_history: Float[Array, " cycles"]
+    residual_history: Float[Array, " cycles"]
+    settling_time: Float[Array, ""]
+    analog_time: Float[Array, ""]
+    cycle_times: Float[Array, " cycles"]
+    energy: Float[Array, ""]
+    cycle_energies: Float[Array, " cycles"]
+    contraction: Float[Array, ""]
+    contraction_norm: Float[Array, ""]
+    cycles: int = eqx.field(static=True)
+    status: str = eqx.field(static=True)
+
+    def summary(self) -> dict:
+        """A JSON-ready dict of the headline numbers."""
+        f = lambda x: float(np.asarray(x))
+        return {
+            "status": self.status,
+            "cycles": self.cycles,
+            "bits": f(self.bits),
+            "rel_error": f(self.rel_error),
+            "solution": [float(v) for v in np.asarray(self.solution)],
+            "exact": [float(v) for v in np.asarray(self.exact)],
+            "settling_time_s": f(self.settling_time),
+            "analog_time_s": f(self.analog_time),
+            "energy_j": f(self.energy),
+            "contraction": f(self.contraction),
+            "contraction_norm": f(self.contraction_norm),
+            "bits_history": [float(v) for v in np.asarray(self.bits_history)],
+            "residual_history": [float(v) for v in np.asarray(self.residual_history)],
+        }
+
+
+def sliced_matrix(a: Float[ArrayLike, "n n"], slices: int) -> Float[Array, "n n"]:
+    """$A$ as stored by `slices` 3-bit slices: $\\max|A|\\,\\mathrm{round}(A 2^{3S}/\\max|A|)
+    /2^{3S}$ (the sum $\\sum_i 2^{-3i}Q_i$ of the slices' signed 3-bit digits)."""
+    a = jnp.asarray(a)
+    scale = jnp.max(jnp.abs(a))
+    q = 2.0 ** (3 * slices)
+    return scale * jnp.round(a / scale * q) / q
+
+
+def _fixed_bits(x, exact):
+    err = jnp.max(jnp.abs(x - exact)) / jnp.max(jnp.abs(exact))
+    return err, -jnp.log2(err)
+
+
+def hpinv_solve(
+    a: Float[ArrayLike, "n n"],
+    b: Float[ArrayLike, " n"],
+    *,
+    bits: int = 3,
+    g_min: float = 0.5e-6,
+    g_max: float = 35e-6,
+    iterations: int = 20,
+    target_bits: float = 24.0,
+    block: bool = False,
+    variation: AbstractDeviceStage | None = None,
+    key: PRNGKeyArray | None = None,
+    hp_slices: int | None = None,
+    t_mvm: float = 60e-9,
+    e_mvm: float | None = None,
+    method: Literal["expm", "ode", "analytic"] = "expm",
+    tol: float = 1e-3,
+    n_steps: int = 64,
+    **circuit_kwargs,
+) -> HPINVSolution:
+    r"""Solve $Ax = b$ to high precision by analog iterative refinement (HP-INV).
+
+    See the module documentation (`amcdyn._hpinv`) and `docs/circuits/hpinv.md`.
+
+    **Arguments:**
+
+    - `a`: the matrix, shape `(n, n)` (for a stable LP-INV, e.g. symmetric positive definite);
+      `b`: the right-hand side, shape `(n,)`.
+    - `bits`: bits per LP-INV cell ($2^\mathrm{bits}$ levels); `g_min`, `g_max`: the device
+      window (S).
+    - `iterations`: the most cycles; `target_bits`: stop at
+      $\|r\|_\infty \le 2^{-\mathrm{target\_bits}}\|b\|_\infty$.
+    - `block`: solve on half-size arrays with a one-stage BlockAMC (16 × 16 on 8 × 8 arrays).
+    - `variation`, `key`: a device stage applied after the level mapping (e.g.
+      `amcdyn.Variation(0.05)`), and its key; each array is programmed once and reused by
+      every cycle.
+    - `hp_slices`: 3-bit slices of the HP-MVM's copy of $A$ (`None`: exact float64 $A$).
+    - `t_mvm`, `e_mvm`: time (s) and energy (J) of one HP-MVM (see the module docs).
+    - `method`, `tol`, `n_steps`: the LP-INV transient simulation (as
+      [`amcdyn.blockamc_solve`][]); the output is held at the settling time.
+    - `**circuit_kwargs`: scalar op-amp and wire options of the analog steps (`a0`, `f_gbw`,
+      `r_w`, `inverters`, ...); not `g0` (set per array from `g_max`).
+
+    **Returns:** an [`amcdyn.HPINVSolution`][].
+
+    **Raises:** `ValueError` naming the argument for bad shapes or values (as
+    [`amcdyn.blockamc_solve`][]), `bits` not an int >= 1, `g_max <= g_min`, `iterations` not
+    an int >= 1, a non-positive `target_bits`, or `hp_slices` not an int >= 1.
+    """
+    stages = 1 if block else 0
+    check_problem(a, b, stages)
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
+        raise ValueError(f"`bits` must be an int >= 1, got {bits!r}")
+    window = ConductanceWindow(g_min, g_max, levels=2**bits)
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"`iterations` must be an int >= 1, got {iterations!r}")
+    check_positive("target_bits", target_bits)
+    if hp_slices is not None and (
+        isinstance(hp_slices, bool) or not isinstance(hp_slices, int) or hp_slices < 1
+    ):
+        raise ValueError(f"`hp_slices` must be an int >= 1 or None, got {hp_slices!r}")
+    check_finite("t_mvm", t_mvm)
+    if t_mvm < 0:
+        raise ValueError(f"`t_mvm` must be >= 0 (s), got {t_mvm!r}")
+    if e_mvm is not None:
+        check_finite("e_mvm", e_mvm)
+        if e_mvm < 0:
+            raise ValueError(f"`e_mvm` must be >= 0 (J), got {e_mvm!r}")
+    if "g0" in circuit_kwargs:
+        raise ValueError("`g0` is set per array from `g_max`; do not pass it to hpinv_solve")
+    if variation is not None and key is None:
+        raise ValueError("`key` is required with `variation`")
+    stages_list = (window,) if variation is None else (window, variation)
+    programming = Programming(stages_list)
+    key = jr.PRNGKey(0) if key is None else key  # the window alone draws nothing
+    _check_common(
+        method, "settled", tol, n_steps, g_max, 0.0, programming, None, key, circuit_kwargs
+    )
+
+    a = jnp.asarray(a, dtype=jnp.result_type(float))
+    b = jnp.asarray(b, dtype=a.dtype)
+    n = a.shape[0]
+    a_hp = a if hp_slices is None else sliced_matrix(a, hp_slices)
+    exact = solve(a, b)
+    if e_mvm is None:
+        f_gbw = float(circuit_kwargs.get("f_gbw", 1e8))
+        n_arrays = hp_slices if hp_slices is not None else math.ceil(target_bits / 3)
+        e_mvm = n_arrays * n * (P_STATIC + K_GBW * f_gbw) * t_mvm
+    g0 = g_max / jnp.max(jnp.abs(a))
+
+    def lp_steady(r):
+        if block:
+            return blockamc_steady(
+                a, r, stages=1, g_max=g_max, programming=programming, key=key, **circuit_kwargs
+            )
+        circuit = _perturb(INV.from_matrix(a, r, g0=g0, **circuit_kwargs), key, programming, None)
+        dyn = circuit.dynamics()
+        return circuit.decode(dyn.outputs(dyn.steady_state()))
+
+    # The LP-INV's linear map at steady state, and the contraction of the refinement.
+    lmap = jax.jacfwd(lp_steady)(b / jnp.max(jnp.abs(b)))
+    e_mat = np.asarray(jnp.eye(n, dtype=a.dtype) - a_hp @ lmap)
+    rho = float(np.max(np.abs(np.linalg.eigvals(e_mat))))
+    rho_norm = float(np.linalg.norm(e_mat, 2))
+
+    def lp_transient(r):
+        if block:
+            sol = blockamc_solve(
+                a,
+                r,
+                stages=1,
+                g_max=g_max,
+                programming=programming,
+                key=key,
+                method=method,
+                tol=tol,
+                n_steps=n_steps,
+                throw=False,
+                **circuit_kwargs,
+            )
+            return sol.solution, sol.settling_time, sol.energy, sol.result
+        circuit = _perturb(INV.from_matrix(a, r, g0=g0, **circuit_kwargs), key, programming, None)
+        sol, v = _step(circuit, jnp.asarray(tol), n_steps, method)
+        return circuit.decode(v), sol.settling_time, sol.energy, sol.result
+
+    x = jnp.zeros(n, a.dtype)
+    r = b
+    b_norm = float(jnp.max(jnp.abs(b)))
+    bits_hist, res_hist, times, energies = [], [], [], []
+    analog = 0.0
+    status = "not_converged"
+    for _ in range(iterations):
+        scale = jnp.max(jnp.abs(r))
+        delta, t_a, e_a, result = lp_transient(r / scale)
+        code = int(np.asarray(result._value))
+        if code != RESULTS.settled._value:
+            status = STATUS_NAMES[code]
+            break
+        x = x + scale * delta
+        r = b - a_hp @ x
+        analog += float(t_a)
+        times.append(float(t_a) + t_mvm)
+        energies.append(float(e_a) + e_mvm)
+        bits_hist.append(float(_fixed_bits(x, exact)[1]))
+        rel_res = float(jnp.max(jnp.abs(r))) / b_norm
+        res_hist.append(rel_res)
+        if rel_res <= 2.0 ** (-target_bits):
+            status = "converged"
+            break
+    err, fixed_bits = _fixed_bits(x, exact)
+    arr = lambda v: jnp.asarray(np.asarray(v, dtype=float))
+    return HPINVSolution(
+        solution=x,
+        exact=exact,
+        rel_error=err,
+        bits=fixed_bits,
+        bits_history=arr(bits_hist),
+        residual_history=arr(res_hist),
+        settling_time=arr(sum(times)),
+        analog_time=arr(analog),
+        cycle_times=arr(times),
+        energy=arr(sum(energies)),
+        cycle_energies=arr(energies),
+        contraction=arr(rho),
+        contraction_norm=arr(rho_norm),
+        cycles=len(times),
+        status=status,
+    )
