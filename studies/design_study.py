@@ -1,0 +1,654 @@
+"""Study: gradient-based INV design (`amcdyn._design.design`) against the alternatives.
+
+Sections (each written to `studies/results/design_study.md` as soon as it finishes; the raw
+numbers go to `design_study.json`, and a rerun skips the sections already there for the same
+mode, so an interrupted run resumes):
+
+- (a) 3 design variables (per-column scaling of a 3 x 3 ill-conditioned INV): the gradient
+  optimum against a brute-force grid over the same variables, simulations counted.
+- (b) per-amplifier GBW + per-column scaling (2N variables, N = 16 and 64; `--quick`: N = 16)
+  against random search with the same number of simulations and against the naive design
+  (G = G0 A, equal GBW) at equal power.
+- (c) robust (95th percentile over Monte Carlo samples of 5 % variation) against nominal
+  design: the 95th-percentile settling time over fresh samples.
+- (d) Pareto front settling time vs amplifier power at fixed precision (`--target-bits`):
+  designed vs naive, plot in `studies/results/design_pareto.png`.
+- timing: one design iteration (forward + gradient) at N = 16 with 256 Monte Carlo samples.
+
+Every claimed improvement is confirmed by an ngspice transient of the exported design
+(`DesignResult.export` -> `load_design` -> `amcdyn.simulate_spice`).
+
+Usage: `python studies/design_study.py [--quick] [--fresh]`.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+from amcdyn._xla_flags import disable_cpu_eigen_threads  # noqa: E402
+
+
+disable_cpu_eigen_threads()
+
+import equinox as eqx  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import jax.random as jr  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+
+jax.config.update("jax_enable_x64", True)
+
+import amcdyn  # noqa: E402
+from amcdyn import _design as D  # noqa: E402
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+MD = os.path.join(RESULTS, "design_study.md")
+RAW = os.path.join(RESULTS, "design_study.json")
+TOL = 1e-3
+
+
+def laplacian(n, off=-0.45):
+    return np.eye(n) + off * (np.eye(n, k=1) + np.eye(n, k=-1))
+
+
+def signed_random(n, seed, strength=0.9):
+    """I + strength * R, R with random signs and rows of |R| summing to 1 (stable INV)."""
+    rng = np.random.default_rng(seed)
+    r = rng.uniform(0.1, 1.0, (n, n))
+    np.fill_diagonal(r, 0)
+    r /= r.sum(axis=1, keepdims=True)
+    r *= rng.choice([-1.0, 1.0], (n, n))
+    return np.eye(n) + strength * r
+
+
+def rhs(n, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, n)
+
+
+def circuit(a, b):
+    n = a.shape[0]
+    return amcdyn.INV.from_matrix(a, b, f_gbw=np.full(n, 1e8), inverter_f_gbw=np.full(n, 1e8))
+
+
+def spice_pair(res, tmp):
+    """ngspice settling times of the exported initial and optimized designs (s)."""
+    path = os.path.join(tmp, "design.json")
+    res.export(path)
+    with open(path) as f:
+        data = json.load(f)
+    c0 = D.circuit_from_dict(data["initial_circuit"])
+    c1 = D.load_design(path)
+    s0 = amcdyn.simulate_spice(c0, tol=TOL)
+    s1 = amcdyn.simulate_spice(c1, tol=TOL)
+    return s0.settling_time, s1.settling_time
+
+
+def ns(x):
+    return f"{x * 1e9:.1f}" if x is not None and math.isfinite(x) else str(x)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _case_a(quick, tmp, a, b, variable):
+    c = circuit(a, b)
+    steps = 30
+    n_starts = 4
+    opt = optax.adam(0.1)
+    t0 = time.perf_counter()
+    # Multi-start: the naive design, then uniform draws of the unconstrained parameters in
+    # [-2, 2]; the run with the lowest final loss (surrogate) is kept.
+    runs = []
+    for i in range(n_starts):
+        init = None
+        if i:
+            init = {variable: jr.uniform(jr.PRNGKey(100 + i), (3,), minval=-2.0, maxval=2.0)}
+        runs.append(
+            D.design(
+                c,
+                variables=(variable,),
+                optimizer=opt,
+                steps=steps,
+                init=init,
+                evaluate_designs=(i == 0),
+            )
+        )
+    first = runs[0]
+    res = min(runs, key=lambda r: r.history[r.best_step])
+    first_s = first.optimized_metrics["settling_time_s"]
+    if res is not first:
+        res = dataclasses.replace(
+            res,
+            initial_metrics=first.initial_metrics,
+            optimized_metrics=D.evaluate(res.optimized, tol=TOL),
+        )
+    t_grad = time.perf_counter() - t0
+    prob = res.problem
+    k = 9 if quick else 15
+    g = np.linspace(-2.5, 2.5, k)
+    grid = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    t_end = 2 * float(amcdyn._ngspice.default_t_stop(c, TOL))
+
+    @jax.jit
+    def true_t(th):
+        ci = prob.circuit({variable: th})
+        return amcdyn.simulate_expm(
+            ci, tol=TOL, t_max=t_end, n_steps=1024, stability=False, throw=False
+        ).settling_time
+
+    t0 = time.perf_counter()
+    ts = np.asarray(jax.lax.map(true_t, jnp.asarray(grid)))
+    t_grid = time.perf_counter() - t0
+    ts = np.where(np.isfinite(ts), ts, np.inf)
+    best = int(np.argmin(ts))
+    # How isolated is the grid optimum: the worst of its (up to 6) grid neighbours.
+    cube = ts.reshape(k, k, k)
+    idx = np.unravel_index(best, cube.shape)
+    neigh = []
+    for axis in range(3):
+        for step in (-1, 1):
+            j = list(idx)
+            j[axis] += step
+            if 0 <= j[axis] < k:
+                neigh.append(cube[tuple(j)])
+    p_best = {variable: jnp.asarray(grid[best])}
+    grid_best = D.evaluate(prob.circuit(p_best), tol=TOL)
+    sp0, sp1 = spice_pair(res, tmp)
+    key = "col_scale" if variable == "col_scale" else "f_gbw_main_hz"
+    return {
+        "variable": variable,
+        "initial_s": res.initial_metrics["settling_time_s"],
+        "gradient_s": res.optimized_metrics["settling_time_s"],
+        "grid_s": grid_best["settling_time_s"],
+        "grid_neighbour_worst_s": float(np.max(neigh)),
+        "gradient_sims": n_starts * (steps + 1),
+        "gradient_single_start_s": first_s,
+        "grid_sims": int(len(grid)),
+        "gradient_wall_s": t_grad,
+        "grid_wall_s": t_grid,
+        "gradient_values": res.design_values[key],
+        "grid_values": D.design_values(prob, p_best)[key],
+        "spice_initial_s": sp0,
+        "spice_gradient_s": sp1,
+    }
+
+
+def section_a(quick, tmp):
+    """3 variables, two cases: column scaling of a signed 3 x 3 INV; the GBW of the three
+    main amplifiers of a 3 x 3 Laplacian-like INV at equal power."""
+    return {
+        "cases": [
+            _case_a(quick, tmp, signed_random(3, 4, strength=0.95), rhs(3, 1), "col_scale"),
+            _case_a(quick, tmp, laplacian(3, -0.49), rhs(3, 1), "gbw_main"),
+        ]
+    }
+
+
+def report_a(r):
+    lines = [
+        "## (a) 3 variables: gradient vs brute-force grid",
+        "",
+        "Case 1: 3 x 3 signed INV (I + 0.95 R), variables: per-column scaling (3 parameters, "
+        "one redundant with the normalisation max|AD| = max|A|). Case 2: 3 x 3 INV "
+        "I - 0.49 (shift up + down), variables: the GBW of the three main amplifiers, power "
+        "budget = the initial design's (inverters fixed). Single-pole op-amps at 100 MHz. "
+        "Grid: every parameter on a uniform grid over [-2.5, 2.5] of the unconstrained "
+        "parameter (d_j in [1/10, 10]; GBW in its bounds, then the budget projection), each "
+        "point a true exact-propagator transient. Gradient: Adam (lr 0.1), 30 steps from "
+        "each of 4 starts (the naive design and 3 uniform draws of the unconstrained "
+        "parameters in [-2, 2]), the run with the lowest final loss kept; 'single start' is "
+        "the run from the naive design alone.",
+        "",
+        "| case | initial (ns) | gradient, single start (ns) | gradient (ns) | grid (ns) | "
+        "grid optimum's worst neighbour (ns) | sims gradient / grid | wall gradient / grid "
+        "(s) | ngspice initial / gradient (ns) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, x in enumerate(r["cases"]):
+        lines.append(
+            f"| {i + 1}: {x['variable']} | {ns(x['initial_s'])} | "
+            f"{ns(x['gradient_single_start_s'])} | {ns(x['gradient_s'])} | "
+            f"{ns(x['grid_s'])} | {ns(x.get('grid_neighbour_worst_s'))} | "
+            f"{x['gradient_sims']} / {x['grid_sims']} | "
+            f"{x['gradient_wall_s']:.1f} / {x['grid_wall_s']:.1f} | "
+            f"{ns(x['spice_initial_s'])} / {ns(x['spice_gradient_s'])} |"
+        )
+    lines.append("")
+    for i, x in enumerate(r["cases"]):
+        lines.append(
+            f"Case {i + 1} values: gradient {np.round(x['gradient_values'], 4).tolist()}, grid "
+            f"{np.round(x['grid_values'], 4).tolist()}."
+        )
+    lines += [
+        "",
+        "The grid's optima here are isolated needles (the worst grid neighbour of each "
+        "settles far slower, or not within twice the nominal t_max: inf), most likely where a "
+        "mode's amplitude at the outputs cancels for this right-hand side (not verified). The "
+        "gradient does not find them from these starts; its designs are smooth local optima "
+        "that improve on the naive design at a fraction of the grid's simulations (ngspice "
+        "agrees to 0.1 ns). Gradient wall time includes compilation; the grid's is one "
+        "compiled batched call.",
+        "",
+    ]
+    return lines
+
+
+def section_b(quick, tmp, n):
+    """2N variables at N = n: gradient vs random search vs naive, equal power."""
+    a = signed_random(n, 7, strength=0.9)
+    c = circuit(a, rhs(n, 2))
+    steps = 40 if quick else 100
+    variables = ("gbw_main", "col_scale")
+    opt = optax.adam(0.05)
+    t0 = time.perf_counter()
+    res = D.design(c, variables=variables, optimizer=opt, steps=steps)
+    t_grad = time.perf_counter() - t0
+    prob = res.problem
+    # Random search: the same number of simulations, uniform in the unconstrained parameters
+    # (the same bounds, normalisation and budget projection), true settling time each.
+    p0 = prob.init_params()
+    key = jr.PRNGKey(11)
+    t_end = 2 * float(amcdyn._ngspice.default_t_stop(c, TOL))
+
+    @jax.jit
+    def true_t(p):
+        return amcdyn.simulate_expm(
+            prob.circuit(p), tol=TOL, t_max=t_end, n_steps=1024, stability=False, throw=False
+        ).settling_time
+
+    samples = {
+        k: jr.uniform(jr.fold_in(key, i), (steps + 1,) + v.shape, minval=-2.0, maxval=2.0)
+        for i, (k, v) in enumerate(p0.items())
+    }
+    t0 = time.perf_counter()
+    ts = np.asarray(jax.lax.map(true_t, samples))
+    t_rand = time.perf_counter() - t0
+    ts = np.where(np.isfinite(ts), ts, np.inf)
+    best = int(np.argmin(ts))
+    rand_best = D.evaluate(prob.circuit({k: v[best] for k, v in samples.items()}), tol=TOL)
+    sp0, sp1 = spice_pair(res, tmp)
+    return {
+        "n": n,
+        "n_vars": 2 * n,
+        "naive_s": res.initial_metrics["settling_time_s"],
+        "gradient_s": res.optimized_metrics["settling_time_s"],
+        "random_s": rand_best["settling_time_s"],
+        "sims": steps + 1,
+        "power_w": res.optimized_metrics["power_w"],
+        "naive_power_w": res.initial_metrics["power_w"],
+        "random_power_w": rand_best["power_w"],
+        "rel_error_naive": res.initial_metrics["rel_error_steady"],
+        "rel_error_gradient": res.optimized_metrics["rel_error_steady"],
+        "gradient_wall_s": t_grad,
+        "random_wall_s": t_rand,
+        "spice_naive_s": sp0,
+        "spice_gradient_s": sp1,
+    }
+
+
+def report_b(rs):
+    lines = [
+        "## (b) 2N variables: per-amplifier GBW + per-column scaling",
+        "",
+        "Signed INV I + 0.9 R (random signs), real inverters; variables: GBW of each main "
+        "amplifier and the column scaling (inverter GBW fixed at 100 MHz). Power budget = the "
+        "naive design's (G = G0 A, all GBW 100 MHz). Random search: as many uniform draws of "
+        "the unconstrained parameters in [-2, 2] (same map and budget projection) as the "
+        "gradient run's loss evaluations, each a true transient.",
+        "",
+        "| N | vars | sims | naive (ns) | random best (ns) | gradient (ns) | ngspice naive / "
+        "gradient (ns) | power naive / gradient (W) | rel. error naive / gradient |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rs:
+        lines.append(
+            f"| {r['n']} | {r['n_vars']} | {r['sims']} | {ns(r['naive_s'])} | "
+            f"{ns(r['random_s'])} | {ns(r['gradient_s'])} | {ns(r['spice_naive_s'])} / "
+            f"{ns(r['spice_gradient_s'])} | {r['naive_power_w']:.4g} / {r['power_w']:.4g} | "
+            f"{r['rel_error_naive']:.2e} / {r['rel_error_gradient']:.2e} |"
+        )
+    lines.append("")
+    return lines
+
+
+def section_c(quick, tmp):
+    """Robust vs nominal under 5 % variation."""
+    n = 8
+    a = signed_random(n, 3, strength=0.9)
+    c = circuit(a, rhs(n, 3))
+    samples = 64 if quick else 256
+    steps = 40 if quick else 80
+    variables = ("gbw_main", "gbw_inv", "col_scale")
+    opt = optax.adam(0.05)
+    key = jr.PRNGKey(5)
+    robust = dict(samples=samples, sigma=0.05, quantile=0.95)
+    nom = D.design(c, variables=variables, optimizer=opt, steps=steps, evaluate_designs=False)
+    rob = D.design(
+        c,
+        variables=variables,
+        optimizer=opt,
+        steps=steps,
+        robust=robust,
+        key=key,
+        evaluate_designs=False,
+    )
+    # Fresh draws for the verdict (not the ones optimized over).
+    ev = dict(samples=256, sigma=0.05, quantile=0.95)
+    ekey = jr.PRNGKey(99)
+    m0 = D.evaluate(nom.initial, tol=TOL, robust=ev, key=ekey)
+    m1 = D.evaluate(nom.optimized, tol=TOL, robust=ev, key=ekey)
+    m2 = D.evaluate(rob.optimized, tol=TOL, robust=ev, key=ekey)
+    # ngspice on the same perturbed instances of both designs (first 8 fresh draws).
+    prog = amcdyn.Variation(0.05)
+    k_sp = 4 if quick else 8
+    sp_nom, sp_rob = [], []
+    for i, k in enumerate(jr.split(ekey, 256)[:k_sp]):
+        del i
+        for design, out in ((nom.optimized, sp_nom), (rob.optimized, sp_rob)):
+            ci = amcdyn.perturb_circuit(design, k, programming=prog)
+            out.append(amcdyn.simulate_spice(ci, tol=TOL).settling_time)
+    return {
+        "n": n,
+        "samples_train": samples,
+        "naive_p95_s": m0["mc_settling_p95_s"],
+        "nominal_p95_s": m1["mc_settling_p95_s"],
+        "robust_p95_s": m2["mc_settling_p95_s"],
+        "naive_nominal_s": m0["settling_time_s"],
+        "nominal_nominal_s": m1["settling_time_s"],
+        "robust_nominal_s": m2["settling_time_s"],
+        "nominal_p50_s": m1["mc_settling_p50_s"],
+        "robust_p50_s": m2["mc_settling_p50_s"],
+        "yield_nominal": m1["mc_yield"],
+        "yield_robust": m2["mc_yield"],
+        "spice_nominal_max_s": float(np.max(sp_nom)),
+        "spice_robust_max_s": float(np.max(sp_rob)),
+        "spice_samples": k_sp,
+        "rob_wall_s": rob.wall_time_s,
+        "nom_wall_s": nom.wall_time_s,
+    }
+
+
+def report_c(r):
+    return [
+        "## (c) robust vs nominal design, 5 % Gaussian variation",
+        "",
+        f"N = {r['n']} signed INV; variables: main and inverter GBW, column scaling. Robust: "
+        f"the 0.95 quantile of the settling surrogate over {r['samples_train']} fixed draws; "
+        "verdict on 256 fresh draws (exact-propagator transients).",
+        "",
+        "| design | nominal settling (ns) | MC p50 (ns) | MC p95 (ns) | yield |",
+        "|---|---|---|---|---|",
+        f"| naive | {ns(r['naive_nominal_s'])} | | {ns(r['naive_p95_s'])} | |",
+        f"| nominal-optimized | {ns(r['nominal_nominal_s'])} | {ns(r['nominal_p50_s'])} | "
+        f"{ns(r['nominal_p95_s'])} | {r['yield_nominal']:.3f} |",
+        f"| robust-optimized | {ns(r['robust_nominal_s'])} | {ns(r['robust_p50_s'])} | "
+        f"{ns(r['robust_p95_s'])} | {r['yield_robust']:.3f} |",
+        "",
+        f"ngspice on the first {r['spice_samples']} fresh perturbed instances: worst settling "
+        f"nominal-optimized {ns(r['spice_nominal_max_s'])} ns, robust-optimized "
+        f"{ns(r['spice_robust_max_s'])} ns. Optimizer wall time: nominal "
+        f"{r['nom_wall_s']:.1f} s, robust {r['rob_wall_s']:.1f} s.",
+        "",
+    ]
+
+
+def naive_at_power(c, budget):
+    """The naive design with every amplifier's GBW scaled equally to spend `budget` (W)."""
+    n = c.n
+    static = float(jnp.sum(jnp.broadcast_to(c.amp.p_static, (n,))) * 2)
+    k = float(jnp.mean(jnp.broadcast_to(c.amp.k_gbw, (n,))))
+    f = (budget - static) / (k * 2 * n)
+    c1 = eqx.tree_at(lambda c: c.amp.f_gbw, c, jnp.full(n, f))
+    return eqx.tree_at(lambda c: c.inverter.f_gbw, c1, jnp.full(n, f))
+
+
+def section_d(quick, tmp):
+    n = 8
+    a = signed_random(n, 3, strength=0.9)
+    c = circuit(a, rhs(n, 3))
+    p0 = float(c.amplifier_power())
+    static = 2 * n * 25e-3  # P_static of the 2n op-amps (W)
+    # Budgets: the static floor plus a multiple of the naive design's GBW-dependent power.
+    factors = (0.4, 0.7, 1.0, 1.5, 2.5) if quick else (0.3, 0.4, 0.55, 0.7, 1.0, 1.5, 2.0, 3.0)
+    target_bits = 12.0
+    opt = optax.adam(0.05)
+    steps = 30 if quick else 80
+    rows = []
+    for fac in factors:
+        budget = static + fac * (p0 - static)
+        res = D.design(
+            c,
+            variables=("gbw_main", "gbw_inv", "col_scale"),
+            optimizer=opt,
+            steps=steps,
+            power_budget=budget,
+            objective=D.Objective(target_bits=target_bits),
+            gbw_bounds=(1e6, 1e10),
+            evaluate_designs=False,
+        )
+        naive = naive_at_power(c, budget)
+        m_naive = D.evaluate(naive, tol=TOL)
+        m_opt = D.evaluate(res.optimized, tol=TOL)
+        sp = amcdyn.simulate_spice(res.optimized, tol=TOL).settling_time
+        sp_naive = amcdyn.simulate_spice(naive, tol=TOL).settling_time
+        rows.append(
+            {
+                "budget_w": budget,
+                "naive_s": m_naive["settling_time_s"],
+                "naive_power_w": m_naive["power_w"],
+                "naive_bits": -math.log2(m_naive["rel_error_steady"]),
+                "opt_s": m_opt["settling_time_s"],
+                "opt_power_w": m_opt["power_w"],
+                "opt_bits": -math.log2(m_opt["rel_error_steady"]),
+                "spice_opt_s": sp,
+                "spice_naive_s": sp_naive,
+            }
+        )
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        ax.plot(
+            [r["naive_power_w"] for r in rows],
+            [r["naive_s"] * 1e9 for r in rows],
+            "o-",
+            label="naive (G = G0 A, equal GBW)",
+        )
+        ax.plot(
+            [r["opt_power_w"] for r in rows],
+            [r["opt_s"] * 1e9 for r in rows],
+            "s-",
+            label="designed (GBW + column scaling)",
+        )
+        ax.plot(
+            [r["opt_power_w"] for r in rows],
+            [r["spice_opt_s"] * 1e9 for r in rows],
+            "k+",
+            label="designed, ngspice",
+        )
+        ax.set_xlabel("amplifier power (W)")
+        ax.set_ylabel("settling time (ns), tol 1e-3")
+        ax.set_title(f"INV N = {n}, precision >= {target_bits:.0f} bits")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(RESULTS, "design_pareto.png"), dpi=120)
+        plt.close(fig)
+    except ImportError:
+        pass
+    return {"n": n, "target_bits": target_bits, "rows": rows}
+
+
+def report_d(r):
+    lines = [
+        "## (d) Pareto: settling time vs amplifier power at fixed precision",
+        "",
+        f"N = {r['n']} (the matrix of (c)); precision constraint >= {r['target_bits']:.0f} bits "
+        "(steady-state relative error, penalty); the designed point at each budget against "
+        "the naive design spending the same power (equal GBW everywhere). Plot: "
+        "`design_pareto.png`.",
+        "",
+        "| budget (W) | naive (ns) | designed (ns) | ngspice naive / designed (ns) | bits naive "
+        "/ designed |",
+        "|---|---|---|---|---|",
+    ]
+    for x in r["rows"]:
+        lines.append(
+            f"| {x['budget_w']:.3g} | {ns(x['naive_s'])} | {ns(x['opt_s'])} | "
+            f"{ns(x['spice_naive_s'])} / {ns(x['spice_opt_s'])} | {x['naive_bits']:.1f} / "
+            f"{x['opt_bits']:.1f} |"
+        )
+    lines.append("")
+    return lines
+
+
+def section_timing(quick, tmp):
+    """One design iteration at N = 16 with 256 Monte Carlo samples."""
+    n = 16
+    c = circuit(signed_random(n, 7), rhs(n, 2))
+    prob = D.make_problem(
+        c,
+        variables=("gbw_main", "gbw_inv", "col_scale"),
+        robust=dict(samples=256, sigma=0.05, quantile=0.95),
+        key=jr.PRNGKey(0),
+    )
+    p = prob.init_params()
+    fwd = eqx.filter_jit(D.DesignProblem.loss)
+    vg = eqx.filter_jit(jax.value_and_grad(D.DesignProblem.loss, argnums=1))
+    jax.block_until_ready(fwd(prob, p))
+    jax.block_until_ready(vg(prob, p))
+    reps = 10 if quick else 30
+    # Interleaved, best of `reps`: other processes share this CPU, so the minimum is the
+    # least disturbed measurement of each.
+    t_f, t_g = math.inf, math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fwd(prob, p))
+        t_f = min(t_f, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        jax.block_until_ready(vg(prob, p))
+        t_g = min(t_g, time.perf_counter() - t0)
+    return {
+        "n": n,
+        "samples": 256,
+        "n_grid": prob.objective.n_grid,
+        "forward_s": t_f,
+        "forward_grad_s": t_g,
+        "ratio": t_g / t_f,
+    }
+
+
+def report_timing(r):
+    return [
+        "## Speed: one design iteration",
+        "",
+        f"N = {r['n']}, real inverters (states {4 * r['n'] // 2}), {r['samples']} Monte Carlo "
+        f"samples, {r['n_grid']}-interval propagated transient per sample, float64, CPU "
+        "(best of repeats, compiled):",
+        "",
+        f"- forward (loss): {r['forward_s'] * 1e3:.0f} ms",
+        f"- forward + gradient (value_and_grad): {r['forward_grad_s'] * 1e3:.0f} ms",
+        f"- ratio: {r['ratio']:.2f} (target <= 4)",
+        "",
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes and few steps")
+    ap.add_argument("--fresh", action="store_true", help="ignore saved sections")
+    ap.add_argument("--only", default=None, help="comma-separated sections (a,b16,b64,c,d,t)")
+    ap.add_argument("--results", default=None, help="output folder (default results/)")
+    args = ap.parse_args(argv)
+    global RESULTS, MD, RAW
+    RESULTS = args.results or RESULTS
+    MD = os.path.join(RESULTS, "design_study.md")
+    RAW = os.path.join(RESULTS, "design_study.json")
+    os.makedirs(RESULTS, exist_ok=True)
+    mode = "quick" if args.quick else "full"
+    raw = {}
+    if os.path.exists(RAW) and not args.fresh:
+        with open(RAW) as f:
+            raw = json.load(f)
+    if raw.get("mode") != mode:
+        raw = {"mode": mode}
+    sections = ["t", "a", "b16", "c", "d"] + ([] if args.quick else ["b64"])
+    if args.only:
+        sections = [s for s in args.only.split(",") if s]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in sections:
+            if name in raw:
+                print(f"[{name}] done already (resume)", flush=True)
+                continue
+            t0 = time.perf_counter()
+            print(f"[{name}] running ...", flush=True)
+            if name == "a":
+                out = section_a(args.quick, tmp)
+            elif name.startswith("b"):
+                out = section_b(args.quick, tmp, int(name[1:]))
+            elif name == "c":
+                out = section_c(args.quick, tmp)
+            elif name == "d":
+                out = section_d(args.quick, tmp)
+            elif name == "t":
+                out = section_timing(args.quick, tmp)
+            else:
+                raise SystemExit(f"unknown section {name!r}")
+            out["section_wall_s"] = time.perf_counter() - t0
+            raw[name] = out
+            with open(RAW, "w") as f:
+                json.dump(raw, f, indent=1, default=float)
+            write_md(raw)
+            print(f"[{name}] {out['section_wall_s']:.0f} s", flush=True)
+    write_md(raw)
+    return 0
+
+
+def write_md(raw):
+    lines = [
+        "# Gradient-based INV design study",
+        "",
+        f"Mode: `{raw['mode']}` (`python studies/design_study.py"
+        f"{' --quick' if raw['mode'] == 'quick' else ''}`). Machine: {platform.machine()}, "
+        f"{os.cpu_count()} CPUs (shared), jax {jax.__version__}, optax {optax.__version__}. "
+        "Settling band 1e-3 of full scale; power from the OpAmp model P = 25 mW + 1e-10 W/Hz "
+        "x f_GBW per amplifier; op-amps A0 = 1e5, single pole; G0 = 100 uS. Settling times "
+        "are true transients (exact propagator, 1024 intervals; `simulate_expm`) unless "
+        "marked ngspice.",
+        "",
+    ]
+    if "t" in raw:
+        lines += report_timing(raw["t"])
+    if "a" in raw:
+        lines += report_a(raw["a"])
+    bs = [raw[k] for k in ("b16", "b64") if k in raw]
+    if bs:
+        lines += report_b(bs)
+    if "c" in raw:
+        lines += report_c(raw["c"])
+    if "d" in raw:
+        lines += report_d(raw["d"])
+    with open(MD, "w") as f:
+        f.write("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
