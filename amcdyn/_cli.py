@@ -1870,8 +1870,20 @@ def _run_mc(args: argparse.Namespace) -> tuple[dict, Any]:
             if "window" in msg or msg.startswith("`g`"):
                 raise _window_error(e) from None
             raise _library_error(args.circuit, e) from None
-    s = res.summary(max_rel_error=None if min_bits is None else 2.0 ** -min_bits)
+    t_max_note = (
+        "given (--t-max)" if args.t_max is not None
+        else f"{T_MAX_FACTOR:g} x the nominal circuit's default t_max"
+    )
+    report = _mc_report(res, min_bits, info, params, nonideal, nominal, t_max, t_max_note)
+    report["out"] = args.out
+    if caught:
+        report["warnings"] = _collect_warnings(caught)
+    return report, res
 
+
+def _mc_report(res, min_bits, info, params, nonideal, nominal, t_max, t_max_note) -> dict:
+    """The `amcdyn mc --json` report of a finished run (every circuit)."""
+    s = res.summary(max_rel_error=None if min_bits is None else 2.0 ** -min_bits)
     report = dict(info)
     report["samples"] = res.n_samples
     for field, key in _MC_FIELDS:
@@ -1888,10 +1900,7 @@ def _run_mc(args: argparse.Namespace) -> tuple[dict, Any]:
     counts.update(s["status_counts"])
     report["status_counts"] = counts
     report["t_max_s"] = t_max
-    report["t_max_note"] = (
-        "given (--t-max)" if args.t_max is not None
-        else f"{T_MAX_FACTOR:g} x the nominal circuit's default t_max"
-    )
+    report["t_max_note"] = t_max_note
     nom = nominal.summary()
     report["nominal"] = {
         k: nom[k] for k in ("status", "settling_time_s", "rel_error", "bits", "energy_j",
@@ -1901,18 +1910,10 @@ def _run_mc(args: argparse.Namespace) -> tuple[dict, Any]:
     report["nonidealities"] = nonideal
     st = res.stats
     report["stats"] = {
-        "chunk_size": st["chunk_size"],
-        "n_devices": st["n_devices"],
-        "n_resumed": st["n_resumed"],
-        "n_computed": st["n_computed"],
-        "compile_s": st["compile_s"],
-        "run_s": st["run_s"],
-        "samples_per_s": st["samples_per_s"],
+        k: st[k] for k in ("chunk_size", "n_devices", "n_resumed", "n_computed", "compile_s",
+                           "run_s", "samples_per_s")
     }
-    report["out"] = args.out
-    if caught:
-        report["warnings"] = _collect_warnings(caught)
-    return report, res
+    return report
 
 
 def _run_mc_solver(args, spec, info, params, nonideal, programming, prob):
@@ -1956,37 +1957,10 @@ def _run_mc_solver(args, spec, info, params, nonideal, programming, prob):
             if msg.startswith("`out`"):
                 raise UsageError("--out", msg.replace("`out`", "--out")) from None
             raise _library_error(args.circuit, e) from None
-    min_bits = args.min_bits
-    s = res.summary(max_rel_error=None if min_bits is None else 2.0 ** -min_bits)
-    report = dict(info)
-    report["samples"] = res.n_samples
-    for field, name in _MC_FIELDS:
-        f = s["fields"][field]
-        report[name] = {k: f[k] for k in _MC_STATS}
-    report["settle_all_s"] = s["settle_all"]
-    report["yield"] = s["yield"]
-    report["yield_stderr"] = s["yield_stderr"]
-    report["yield_criterion"] = (
-        "settled" if min_bits is None else f"settled and bits >= {min_bits:g}"
+    report = _mc_report(
+        res, args.min_bits, info, params, nonideal, nominal, None,
+        "each step runs to its own settling (no common t_max)",
     )
-    counts = {name: 0 for name in ("settled", "not_settled", "unstable", "nonfinite",
-                                   "max_steps")}
-    counts.update(s["status_counts"])
-    report["status_counts"] = counts
-    report["t_max_s"] = None
-    report["t_max_note"] = "each step runs to its own settling (no common t_max)"
-    nom = nominal.summary()
-    report["nominal"] = {
-        k: nom[k] for k in ("status", "settling_time_s", "rel_error", "bits", "energy_j")
-        if k in nom
-    }
-    report["parameters"] = params
-    report["nonidealities"] = nonideal
-    st = res.stats
-    report["stats"] = {
-        k: st[k] for k in ("chunk_size", "n_devices", "n_resumed", "n_computed", "compile_s",
-                           "run_s", "samples_per_s")
-    }
     report["out"] = args.out
     if caught:
         report["warnings"] = _collect_warnings(caught)

@@ -112,7 +112,9 @@ def test_reprogramming_depends_on_history():
 
 def test_ginv_two_tiles_independent_arrays():
     m = _macro(max_pulses=40, tolerance=2e-7, sigma_write=0.3)
-    res = m.run("ginv", X, Y, key=jr.PRNGKey(5), t_max=5e-6)
+    # X's smallest entry maps below g_min: it is clipped up to g_min, with a warning.
+    with pytest.warns(UserWarning, match="outside the window"):
+        res = m.run("ginv", X, Y, key=jr.PRNGKey(5), t_max=5e-6)
     a1 = _achieved(res, tile=0, shape=X.shape)
     a2 = _achieved(res, tile=1, shape=X.T.shape).T
     assert not np.allclose(a1, a2)  # two separate arrays, two programming errors
@@ -148,7 +150,8 @@ def test_jit_vmap_grad():
     keys = jr.split(jr.PRNGKey(7), 3)
     batched = jax.vmap(err, in_axes=(None, 0))(m, keys)
     assert batched.shape == (3,)
-    np.testing.assert_allclose(np.asarray(batched[1]), np.asarray(err(m, keys[1])), rtol=1e-9)
+    eager = m.run("inv", a, b, key=keys[1], t_max=2e-6, throw=False).solution.rel_error
+    np.testing.assert_allclose(np.asarray(batched[1]), np.asarray(eager), rtol=1e-9)
 
     # d settle_integral / d f_GBW of the bank, through write-verify (straight-through) and the
     # expm path, against central differences (same key: the same programmed devices).
