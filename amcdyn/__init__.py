@@ -16,6 +16,13 @@ from ._circuits import (
 )
 from ._converters import ADC as ADC, DAC as DAC
 from ._cs import LASSO as LASSO, cs_problem as cs_problem, lasso_solution as lasso_solution
+from ._design import (
+    DesignResult as DesignResult,
+    Objective as Objective,
+    Robust as Robust,
+    design as design,
+    load_design as load_design,
+)
 from ._devices import (
     AbstractDeviceStage as AbstractDeviceStage,
     ConductanceWindow as ConductanceWindow,
@@ -24,13 +31,6 @@ from ._devices import (
     StuckAt as StuckAt,
     Variation as Variation,
     WriteVerify as WriteVerify,
-)
-from ._design import (
-    DesignResult as DesignResult,
-    Objective as Objective,
-    Robust as Robust,
-    design as design,
-    load_design as load_design,
 )
 from ._egv import (
     EGV as EGV,
