@@ -77,6 +77,12 @@ _FLAGS = {
         "inverter_f_p2": "--f-p2",
         "v_os": "--offset-v",
         "inverter_v_os": "--offset-v",
+        "v_sat": "--v-sat",
+        "inverter_v_sat": "--v-sat",
+        "slew_rate": "--slew-rate",
+        "inverter_slew_rate": "--slew-rate",
+        "c_node": "--c-node",
+        "method": "--method",
         "offset_sigma": "--offset-v",
         "n_samples": "--samples",
         "chunk_size": "--chunk-size",
@@ -95,6 +101,9 @@ _FLAGS = {
         "r_w": "--wire-r",
         "f_p2": "--f-p2",
         "v_os": "--offset-v",
+        "v_sat": "--v-sat",
+        "slew_rate": "--slew-rate",
+        "method": "--method",
         "offset_sigma": "--offset-v",
         "n_samples": "--samples",
         "chunk_size": "--chunk-size",
@@ -318,6 +327,18 @@ def _nonideal(p: argparse.ArgumentParser, *, mc: bool) -> None:
     g.add_argument(
         "--f-p2", type=_float_type(), default=None, metavar="HZ", dest="f_p2",
         help="second pole of every op-amp in Hz (default: single pole)",
+    )
+    g.add_argument(
+        "--v-sat", type=_float_type(), default=None, metavar="V", dest="v_sat",
+        help="output rail of every op-amp in V (nonlinear: --method ode; inv, mvm)",
+    )
+    g.add_argument(
+        "--slew-rate", type=_float_type(), default=None, metavar="V/S", dest="slew_rate",
+        help="slew-rate limit of every op-amp in V/s (nonlinear: --method ode; inv, mvm)",
+    )
+    g.add_argument(
+        "--c-node", type=_float_type(), default=None, metavar="F", dest="c_node",
+        help="parasitic capacitance of every summing node in F (inv; not with --wire-r)",
     )
     g.add_argument(
         "--seed", type=_seed_type, default=0, metavar="S",
@@ -749,6 +770,7 @@ class CircuitSpec:
     ok_statuses: tuple[str, ...] = ("settled",)
     nonlinear: bool = False
     mc_sample: Callable[..., dict] | None = None
+    limits: frozenset[str] = frozenset()  # of v_sat, slew_rate, c_node
 
     @property
     def implemented(self) -> bool:
@@ -1482,12 +1504,14 @@ CIRCUITS: dict[str, CircuitSpec] = {
             "inv", "closed-loop matrix inversion: outputs settle to -A^-1 b",
             "INV: closed-loop solve of A x = b; the outputs settle to V = -A^-1 b.",
             _args_inv, _load_inv, _make_inv, flags=_FLAGS["inv"], headline=_headline_inv,
+            limits=frozenset({"v_sat", "slew_rate", "c_node"}),
         ),
         CircuitSpec(
             "mvm", "open-loop matrix-vector multiply: outputs settle to -(G0/Gf) A x",
             "MVM: open-loop y = A x with column splitting; the outputs settle to "
             "V = -(G0/G_f) A x.",
             _args_mvm, _load_mvm, _make_mvm, flags=_FLAGS["mvm"], headline=_headline_mvm,
+            limits=frozenset({"v_sat", "slew_rate"}),
         ),
         CircuitSpec(
             "ginv", "least squares / pseudoinverse: outputs settle to -X^+ y",
@@ -1596,6 +1620,13 @@ def _check_nonideal_support(spec: CircuitSpec, args: argparse.Namespace) -> None
     for dest, flag in (("wire_r", "--wire-r"), ("offset_v", "--offset-v"), ("f_p2", "--f-p2")):
         if dest not in spec.nonideal and getattr(args, dest, None):
             raise UsageError(flag, f"is not supported for {spec.name}: {spec.nonideal_note}")
+    for dest, flag in (("v_sat", "--v-sat"), ("slew_rate", "--slew-rate"), ("c_node", "--c-node")):
+        if dest not in spec.limits and getattr(args, dest, None) is not None:
+            where = ", ".join(n for n, s in CIRCUITS.items() if dest in s.limits)
+            raise UsageError(flag, f"is not supported for {spec.name} (only for: {where})")
+    if (args.v_sat is not None or args.slew_rate is not None) and args.method != "ode":
+        flag = "--v-sat" if args.v_sat is not None else "--slew-rate"
+        raise UsageError(flag, "makes the circuit nonlinear: it needs --method ode")
 
 
 # ---------------------------------------------------------------------------------------
@@ -1696,6 +1727,11 @@ def _build(args: argparse.Namespace, *, mc: bool):
         amp_kwargs["f_p2"] = args.f_p2
     if offset is not None and not mc:
         amp_kwargs["v_os"] = offset
+    for name in ("v_sat", "slew_rate", "c_node"):
+        value = getattr(args, name, None)
+        nonideal[name] = value
+        if value is not None:
+            amp_kwargs[name] = value
     info: dict[str, Any] = {"circuit": args.circuit, **prob.info}
     prob.data["_amp_kwargs"], prob.data["_window"] = amp_kwargs, window
     circuit = None  # a solver-style entry (`spec.solve`) builds its own circuits
@@ -1835,7 +1871,7 @@ def _run_mc(args: argparse.Namespace) -> tuple[dict, Any]:
     try:
         if spec.simulate is not None:  # the circuit's own simulator (EGV)
             nominal = spec.simulate(args, circuit)
-        elif spec.nonlinear:  # the linearization would not be the circuit
+        elif spec.nonlinear or circuit.nonlinear:  # the linearization is not the circuit
             nominal = amcdyn.simulate(circuit, tol=args.tol, max_steps=args.max_steps,
                                       throw=False)
         else:

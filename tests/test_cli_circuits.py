@@ -569,3 +569,32 @@ def test_bad_input(tmp_path, case):
     assert f"argument {flag}" in last, last
     assert text in last, last
     assert "Traceback" not in err
+
+
+def test_amplifier_limits_and_node_capacitance_flags():
+    """--v-sat / --slew-rate (nonlinear: ODE only) and --c-node on inv and mvm."""
+    rc, out, err = cli("simulate", "inv", "--matrix", "random-dd:4", "--v-sat", "0.5", "--json")
+    assert rc == 0, err
+    r = json.loads(out)
+    # the answer's largest output is 1 V: a 0.5 V rail clips it, and the report says so
+    assert r["rail_hit"] is True and r["status_text"] == "settled (output rail hit)"
+    assert r["rel_error"] > 0.1
+    rc, out, _ = cli("simulate", "mvm", "--matrix", "random-dd:4", "--slew-rate", "1e7", "--json")
+    assert rc == 0 and json.loads(out)["slew_hit"] is True
+    t = {}
+    for c in (None, "1e-12"):
+        extra = () if c is None else ("--c-node", c)
+        rc, out, _ = cli("simulate", "inv", "--matrix", "random-dd:4", "--method", "analytic",
+                         "--json", *extra)
+        assert rc == 0
+        t[c] = json.loads(out)["settling_time_s"]
+    assert t["1e-12"] > 1.5 * t[None]  # the node pole S/C ~ w_T slows the loop
+    for argv, flag, text in (
+        (("simulate", "inv", "--v-sat", "0.5", "--method", "analytic"), "--v-sat", "--method ode"),
+        (("mc", "inv", "--slew-rate", "1e7"), "--slew-rate", "--method ode"),
+        (("simulate", "ginv", "--v-sat", "1"), "--v-sat", "only for: inv, mvm"),
+        (("simulate", "mvm", "--c-node", "1e-12"), "--c-node", "only for: inv"),
+        (("simulate", "inv", "--c-node", "1e-12", "--wire-r", "1"), "--c-node", "r_w"),
+    ):
+        rc, out, err = cli(*argv[:2], "--matrix", "random-dd:4", *argv[2:])
+        assert rc == 2 and out == "" and flag in err and text in err, err
