@@ -1,5 +1,9 @@
 """Test matrices and an independent NumPy reference for linear circuit transients."""
 
+import contextlib
+import io
+import json
+
 import numpy as np
 import scipy.linalg
 
@@ -66,3 +70,22 @@ def exact_transient(jac, c, ts, n_outputs=None):
 def max_err_fs(v, v_exact, v_ss):
     """max |v - v_exact| over times and outputs, relative to full scale max|v_ss|."""
     return float(np.max(np.abs(np.asarray(v) - np.asarray(v_exact))) / np.max(np.abs(v_ss)))
+
+
+def strict_json(text):
+    """`json.loads` that refuses NaN/Infinity (the CLI writes them as null)."""
+
+    def bad(token):
+        raise ValueError(f"invalid JSON constant {token}")
+
+    return json.loads(text, parse_constant=bad)
+
+
+def cli(*argv):
+    """`amcdyn ARGV` in-process: (exit status, stdout, stderr)."""
+    from amcdyn import _cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = _cli.main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()

@@ -6,29 +6,13 @@ Compilation dominates the run time: the simulations use `--method analytic` on s
 References are independent: numpy's lstsq / pinv / solve / fft.
 """
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
+from helpers import cli, strict_json as _strict_json
 
 from amcdyn import _cli
-
-
-def _strict_json(text):
-    def bad(token):
-        raise ValueError(f"invalid JSON constant {token}")
-
-    return json.loads(text, parse_constant=bad)
-
-
-def cli(*argv):
-    """`amcdyn ARGV` in-process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = _cli.main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def sim_json(*argv):

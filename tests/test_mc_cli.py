@@ -5,9 +5,7 @@ with 8 samples in chunks of 8 (one compilation per configuration, reused across 
 resumes), and the analytic path for `amcdyn simulate`.
 """
 
-import contextlib
 import hashlib
-import io
 import json
 import math
 import os
@@ -20,29 +18,16 @@ import time
 import jax
 import numpy as np
 import pytest
+from helpers import cli, strict_json as _strict_json
 
 import amcdyn
-from amcdyn import _cli, _matrices as M
+from amcdyn import _matrices as M
 from amcdyn._mc import monte_carlo_circuit, perturb_circuit
 
 
 N_MC = 8
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _strict_json(text):
-    def bad(token):
-        raise ValueError(f"invalid JSON constant {token}")
-
-    return json.loads(text, parse_constant=bad)
-
-
-def cli(*argv):
-    """`amcdyn ARGV` in-process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = _cli.main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
