@@ -135,27 +135,21 @@ def perturb_circuit(
     if programming is not None:
         g_pos = programming(c.g_pos, key=k_pos)
         g_neg = programming(c.g_neg, key=k_neg)
-        if hasattr(c, "g_pos_2"):
-            # GINV/Ridge: array 2 is a separate set of devices, programmed independently (its
-            # keys are derived from k_pos/k_neg, so array 1's draws do not change).
-            g_pos_2 = programming(
-                c.g_pos if c.g_pos_2 is None else c.g_pos_2, key=jr.fold_in(k_pos, 2)
-            )
-            g_neg_2 = programming(
-                c.g_neg if c.g_neg_2 is None else c.g_neg_2, key=jr.fold_in(k_neg, 2)
-            )
-            c = dataclasses.replace(
-                c, g_pos=g_pos, g_neg=g_neg, g_pos_2=g_pos_2, g_neg_2=g_neg_2
-            )
-        elif hasattr(c, "g2_pos"):
-            # LASSO: array 2 (Phi^T) is its own set of devices, programmed independently.
-            g2_pos = programming(c.g2_pos, key=jr.fold_in(k_pos, 2))
-            g2_neg = programming(c.g2_neg, key=jr.fold_in(k_neg, 2))
-            c = eqx.tree_at(
-                lambda c: (c.g_pos, c.g_neg, c.g2_pos, c.g2_neg), c, (g_pos, g_neg, g2_pos, g2_neg)
-            )
-        else:
-            c = eqx.tree_at(lambda c: (c.g_pos, c.g_neg), c, (g_pos, g_neg))
+        updates = {"g_pos": g_pos, "g_neg": g_neg}
+        # Array 2 of a two-array circuit is its own set of devices, programmed independently
+        # (keys derived from k_pos/k_neg, so array 1's draws do not change): GINV/Ridge's
+        # g_pos_2/g_neg_2 (None: a copy of array 1) and LASSO's g2_pos/g2_neg (Phi^T).
+        for pos2, neg2 in (("g_pos_2", "g_neg_2"), ("g2_pos", "g2_neg")):
+            if hasattr(c, pos2):
+                p2, n2 = getattr(c, pos2), getattr(c, neg2)
+                updates[pos2] = programming(c.g_pos if p2 is None else p2, key=jr.fold_in(k_pos, 2))
+                updates[neg2] = programming(c.g_neg if n2 is None else n2, key=jr.fold_in(k_neg, 2))
+        c = eqx.tree_at(
+            lambda c: tuple(getattr(c, name) for name in updates),
+            c,
+            tuple(updates.values()),
+            is_leaf=lambda x: x is None,
+        )
     if offset_sigma is not None:
         n_amps = np.shape(c.g_pos)[0]  # one amplifier per row, for INV and MVM
         dtype = jnp.result_type(c.g_pos)
