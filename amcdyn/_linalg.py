@@ -8,7 +8,8 @@ worker waits for work that no worker is free to do, and the process hangs with t
 We captured this with gdb (`jax::ParallelBatchMap` under `LuDecompositionKernel`); later jaxlib
 releases compile that parallel path out. Circuits are small (n <= a few hundred), so an LU
 factorization with partial pivoting as a `fori_loop` of rank-1 updates costs little, vmaps into
-plain batched arithmetic, and runs the same on CPU, GPU and TPU.
+plain batched arithmetic, and runs the same on CPU, GPU and TPU. `solve` eliminates on the
+augmented matrix instead (no factors kept), unrolled for small systems.
 """
 
 import jax
@@ -65,18 +66,99 @@ def lu_solve(lu: Float[Array, "n n"], perm: Int[Array, " n"], b: Float[Array, "n
     return jax.lax.fori_loop(0, n, backward, y)
 
 
+# Up to this size every elimination step is unrolled, so each works on the shrinking trailing
+# block with static shapes (n^3/3 work instead of n^3, and 3-4x faster on CPU under vmap); larger
+# systems are eliminated in `_STAGES` stages, each a `fori_loop` over its columns on a block that
+# shrinks between stages (compile time stays flat in n).
+_UNROLL = 16
+_STAGES = 4
+
+
+def _stage_unrolled(blk):
+    """One elimination step on `blk` (m, w): (the trailing block (m-1, w-1), the pivot row)."""
+    m = blk.shape[0]
+    j = jnp.argmax(jnp.abs(blk[:, 0]))
+    row = jax.lax.dynamic_index_in_dim(blk, j, 0, keepdims=False)
+    if m == 1:
+        return blk[:0, 1:], row[None, :]
+    # The pivot row leaves the block; row 0 takes its place.
+    rest = jnp.where((jnp.arange(1, m) == j)[:, None], blk[0][None, :], blk[1:])
+    pivot = row[0]
+    l_col = rest[:, 0] / jnp.where(pivot != 0, pivot, 1)
+    return rest[:, 1:] - l_col[:, None] * row[None, 1:], row[None, :]
+
+
+def _stage_loop(blk, steps):
+    """`steps` elimination steps on `blk` (m, w) in a `fori_loop` (rows are masked, not moved),
+    then the remaining rows compacted: (trailing block (m-steps, w-steps), pivot rows)."""
+    m, w = blk.shape
+    ridx = jnp.arange(m)
+    cidx = jnp.arange(w)
+
+    def body(t, carry):
+        blk, free, rows = carry
+        col = jax.lax.dynamic_index_in_dim(blk, t, 1, keepdims=False)
+        j = jnp.argmax(jnp.where(free, jnp.abs(col), -1))
+        row = jax.lax.dynamic_index_in_dim(blk, j, 0, keepdims=False)
+        free = free & (ridx != j)
+        pivot = row[t]
+        l_col = jnp.where(free, col / jnp.where(pivot != 0, pivot, 1), 0)
+        blk = blk - l_col[:, None] * jnp.where(cidx > t, row, 0)[None, :]
+        rows = jax.lax.dynamic_update_index_in_dim(rows, row, t, 0)
+        return blk, free, rows
+
+    init = (blk, jnp.ones(m, bool), jnp.zeros((steps, w), blk.dtype))
+    blk, free, rows = jax.lax.fori_loop(0, steps, body, init)
+    keep = jnp.argsort(~free, stable=True)[: m - steps]
+    return jnp.take(blk, keep, axis=0)[:, steps:], rows
+
+
+def _eliminate(a: Float[Array, "n n"], rhs: Float[Array, "n k"]) -> Float[Array, "n k"]:
+    r"""$A^{-1}$ `rhs` by Gaussian elimination with partial pivoting on $[A \mid$ `rhs`$]$,
+    then back substitution."""
+    n = a.shape[-1]
+    dtype = jnp.result_type(a, rhs)
+    blk = jnp.concatenate([a.astype(dtype), rhs.astype(dtype)], axis=1)
+    size = 1 if n <= _UNROLL else -(-n // _STAGES)
+    rows = []
+    for start in range(0, n, size):
+        steps = min(size, n - start)
+        blk, r = _stage_unrolled(blk) if steps == 1 else _stage_loop(blk, steps)
+        rows.append(jnp.pad(r, ((0, 0), (start, 0))))
+    u = jnp.concatenate(rows, axis=0)  # row i: U[i, i:] then the transformed right-hand side
+    cidx = jnp.arange(n)
+
+    def backward(j, x):
+        i = n - 1 - j
+        r = jax.lax.dynamic_index_in_dim(u, i, 0, keepdims=False)
+        upper = jnp.where(cidx > i, r[:n], 0)
+        return jax.lax.dynamic_update_index_in_dim(x, (r[n:] - upper @ x) / r[i], i, 0)
+
+    return jax.lax.fori_loop(0, n, backward, jnp.zeros(rhs.shape, dtype))
+
+
+def _solve(a, b):
+    if b.ndim == 1:
+        return _eliminate(a, b[:, None])[:, 0]
+    return _eliminate(a, b)
+
+
 @jax.custom_jvp
 def solve(a: Float[Array, "n n"], b: Float[Array, "n ..."]) -> Float[Array, "n ..."]:
-    """`jnp.linalg.solve(a, b)` without LAPACK; derivative $dx = A^{-1}(db - dA\\,x)$."""
-    lu, perm = lu_factor(a)
-    return lu_solve(lu, perm, b)
+    r"""`jnp.linalg.solve(a, b)` without LAPACK; derivative $dx = A^{-1}(db - dA\,x)$."""
+    return _solve(a, b)
 
 
 @solve.defjvp
 def _solve_jvp(primals, tangents):
     a, b = primals
     da, db = tangents
-    lu, perm = lu_factor(a)
-    x = lu_solve(lu, perm, b)
-    rhs = db - da @ x
-    return x, lu_solve(lu, perm, rhs)
+    n = a.shape[-1]
+    bm = b[:, None] if b.ndim == 1 else b
+    # One elimination gives both x and A^{-1}; the tangent is then a product with constants,
+    # which reverse mode transposes.
+    y = _eliminate(a, jnp.concatenate([bm, jnp.eye(n, dtype=bm.dtype)], axis=1))
+    k = bm.shape[1]
+    x, a_inv = y[:, :k], y[:, k:]
+    x = x[:, 0] if b.ndim == 1 else x
+    return x, a_inv @ (db - da @ x)

@@ -8,7 +8,8 @@ import pytest
 from amcdyn._linalg import solve
 
 
-@pytest.mark.parametrize("n", [1, 2, 7, 33])
+# 16/17: the last fully unrolled size and the first staged one; 33: uneven stages.
+@pytest.mark.parametrize("n", [1, 2, 7, 16, 17, 33])
 def test_solve_matches_numpy(n):
     rng = np.random.default_rng(n)
     a = rng.normal(size=(n, n))
@@ -18,6 +19,16 @@ def test_solve_matches_numpy(n):
     tol = 1e-13 * np.linalg.cond(a)
     np.testing.assert_allclose(np.asarray(solve(a, b)), np.linalg.solve(a, b), atol=tol)
     np.testing.assert_allclose(np.asarray(solve(a, bm)), np.linalg.solve(a, bm), atol=tol)
+
+
+def test_solve_complex():
+    # The eigenvector solves of the analytic path are complex.
+    rng = np.random.default_rng(5)
+    for n in (5, 20):
+        a = rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n))
+        b = rng.normal(size=(n, 2)) + 1j * rng.normal(size=(n, 2))
+        tol = 1e-13 * np.linalg.cond(a)
+        np.testing.assert_allclose(np.asarray(solve(a, b)), np.linalg.solve(a, b), atol=tol)
 
 
 def test_solve_needs_pivoting():
