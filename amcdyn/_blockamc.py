@@ -52,7 +52,7 @@ arguments (`g0`, `a0`, `f_gbw`, `r_w`, ...), and with `programming`/`offset_sigm
 (so steps 1 and 5 use the same programmed $A_{11}$).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import equinox as eqx
@@ -216,6 +216,7 @@ class _Chain:
         offset_sigma,
         key,
         transient,
+        hold=None,
     ):
         self.kwargs = kwargs
         self.g_max = g_max
@@ -227,6 +228,8 @@ class _Chain:
         self.offset_sigma = offset_sigma
         self.key = key
         self.transient = transient
+        self.hold = hold  # a callable circuit -> held voltages, overriding `transient`
+        self.circuits: list = []
         self.array_ids: dict[str, int] = {}
         self.names: list[str] = []
         self.solutions: list[Solution] = []
@@ -248,6 +251,11 @@ class _Chain:
     def _run(self, circuit, name, array):
         circuit = self._perturb(circuit, array)
         self.names.append(name)
+        self.circuits.append(circuit)
+        if self.hold is not None:
+            v = jnp.asarray(self.hold(circuit))
+            self.holds.append(v)
+            return v
         if not self.transient:
             v = _steady_outputs(circuit)
             self.holds.append(v)
@@ -527,6 +535,58 @@ def blockamc_steady(
     )
     v_out, sign = chain.solve(jnp.asarray(a), jnp.asarray(b), stages, "A")
     return sign * v_out
+
+
+def blockamc_step_circuits(
+    a: Float[ArrayLike, "n n"],
+    b: Float[ArrayLike, " n"],
+    *,
+    stages: int = 1,
+    hold: Callable[[INV | MVM], Float[ArrayLike, " outputs"]] | None = None,
+    g_max: float | Float[ArrayLike, ""] | None = None,
+    **circuit_kwargs,
+) -> list[tuple[str, INV | MVM]]:
+    """The step circuits of a BlockAMC solve, in order, each fed by the voltages held from
+    the previous steps (for export, e.g. to ngspice with `amcdyn.simulate_spice`).
+
+    **Arguments:**
+
+    - `a`, `b`, `stages`, `g_max`, `**circuit_kwargs`: as [`amcdyn.blockamc_solve`][]
+      (no device programming or offsets: the nominal circuits).
+    - `hold`: what a step holds for the next ones, a callable from the step circuit to its
+      output voltages (V), e.g. `lambda c: simulate_spice(c).v_final` to chain ngspice runs.
+      Default: the step's equilibrium outputs (the chain of `blockamc_steady`); the outputs
+      at the end of the default window, `lambda c: simulate_expm(c).v_final`, reproduce
+      `blockamc_solve(..., sample="final")`.
+
+    **Returns:** a list of `(name, circuit)` pairs, e.g. `("INV(A11)", INV)`,
+    `("MVM(A21)", MVM)`, `("INV(S)", INV)`, `("MVM(A12)", MVM)`, `("INV(A11)", INV)` for one
+    stage. The answer is $x = \\sigma [V_5; V_3]$ with $V_k$ what step $k$ holds and
+    $\\sigma = (-1)^{\\mathrm{stages}+1}$ (module docstring).
+
+    **Raises:** `ValueError` as [`amcdyn.blockamc_solve`][].
+    """
+    check_problem(a, b, stages)
+    _check_common("expm", "final", 1e-3, 64, g_max, 0.0, None, None, None, circuit_kwargs)
+    if hold is None:
+        hold = _steady_outputs
+    elif not callable(hold):
+        raise ValueError(f"`hold` must be a callable (circuit -> voltages) or None, got {hold!r}")
+    chain = _Chain(
+        kwargs=circuit_kwargs,
+        g_max=g_max,
+        method="expm",
+        tol=1e-3,
+        n_steps=64,
+        sample="final",
+        programming=None,
+        offset_sigma=None,
+        key=None,
+        transient=False,
+        hold=hold,
+    )
+    chain.solve(jnp.asarray(a), jnp.asarray(b), stages, "A")
+    return list(zip(chain.names, chain.circuits))
 
 
 def compare_blockamc(

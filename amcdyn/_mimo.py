@@ -276,6 +276,11 @@ def dft_matrix(
     sign = 1.0 if inverse else -1.0
     # Reduce k*l mod n before the angle so that large n keeps full precision.
     f = np.exp(sign * 2j * np.pi * ((k[:, None] * k[None, :]) % n) / n)
+    # cos/sin of multiples of pi/2 come out as ~6e-17, not 0: make them exact zeros, so that
+    # the crossbar has no device there (not a 1e20-ohm resistor in the netlist).
+    f = np.where(np.abs(f.real) < 1e-12, 0.0, f.real) + 1j * np.where(
+        np.abs(f.imag) < 1e-12, 0.0, f.imag
+    )
     scale = {
         ("backward", False): 1.0,
         ("backward", True): 1.0 / n,

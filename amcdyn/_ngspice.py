@@ -6,7 +6,9 @@ netlist writer and runner in `amcdyn._spice`:
 - `spice_netlist(circuit, t_stop=...)` writes the circuit's transistor-free SPICE netlist (the
   same op-amp macromodel — one or two poles, input offset —, crossbar resistors, every wire
   resistor when the circuit has wire resistance, and sources as the ODE of
-  `circuit.dynamics()`), from the float64 values of the circuit's leaves.
+  `circuit.dynamics()`), from the float64 values of the circuit's leaves. GINV/Ridge are
+  written by `amcdyn._spice_ginv`; the EGV by `amcdyn._spice_egv`, as its linear model (rails
+  removed, seeded from `v_init`: valid in the growth phase).
 - `simulate_spice(circuit)` runs it in ngspice and returns a `SpiceSolution` whose settling
   time uses the same definition as amcdyn's.
 - `settling_time_from_samples(ts, vs, v_ref, tol)` is that definition on sampled waveforms.
@@ -22,8 +24,9 @@ import time
 
 import numpy as np
 
-from . import _spice, _spice_ginv
+from . import _spice, _spice_egv, _spice_ginv
 from ._circuits import INV, MVM, V0, AbstractCircuit
+from ._egv import EGV
 from ._ginv import GINV, Ridge
 
 
@@ -61,7 +64,11 @@ def _output_nodes(circuit: AbstractCircuit) -> list[str]:
         return _spice.mvm_output_nodes(circuit.m)
     if isinstance(circuit, (GINV, Ridge)):
         return _spice_ginv.output_nodes(circuit)
-    raise TypeError(f"no ngspice netlist for {type(circuit).__name__}; expected INV or MVM")
+    if isinstance(circuit, EGV):
+        return _spice_egv.output_nodes(circuit)
+    raise TypeError(
+        f"no ngspice netlist for {type(circuit).__name__}; expected INV, MVM, GINV, Ridge or EGV"
+    )
 
 
 def _amp_kw(amp, prefix: str = "") -> dict:
@@ -112,6 +119,8 @@ def spice_netlist(
     if not (math.isfinite(t_stop) and t_stop > 0):
         raise ValueError(f"`t_stop` must be finite and > 0, got {t_stop!r}")
     t_step = t_stop / n_points
+    if isinstance(circuit, EGV):  # its linear model: the rails removed (said in the title)
+        return _spice_egv.netlist(circuit, t_stop=t_stop, t_step=t_step, tight=tight)
     if getattr(circuit, "nonlinear", False):
         raise ValueError(
             "`circuit` is nonlinear (op-amp rails or slew-rate limit set): the ngspice "
@@ -165,7 +174,9 @@ def spice_netlist(
         )
     if isinstance(circuit, (GINV, Ridge)):
         return _spice_ginv.netlist(circuit, t_stop=t_stop, t_step=t_step, tight=tight)
-    raise TypeError(f"no ngspice netlist for {type(circuit).__name__}; expected INV or MVM")
+    raise TypeError(
+        f"no ngspice netlist for {type(circuit).__name__}; expected INV, MVM, GINV, Ridge or EGV"
+    )
 
 
 def settling_time_from_samples(ts, vs, v_ref, tol) -> float:
@@ -268,7 +279,8 @@ def simulate_spice(
     ngspice: str = "ngspice",
     timeout: float = 300.0,
 ) -> SpiceSolution:
-    """Simulate `circuit`'s step response (all states start at 0 V) in ngspice.
+    """Simulate `circuit`'s step response (all states start at 0 V; an EGV's linear model
+    starts from its seed `v_init` and grows) in ngspice.
 
     **Arguments:**
 
@@ -295,6 +307,10 @@ def simulate_spice(
     start = time.perf_counter()
     ts, vs = _spice.run_netlist(netlist, nodes, ngspice=ngspice, timeout=timeout)
     wall = time.perf_counter() - start
+    if isinstance(circuit, EGV):
+        # ngspice does not store t = 0 of a `uic` transient (run_netlist writes 0 V there):
+        # the EGV starts from its seed instead.
+        vs[0] = _f64(circuit.v_init)
     v_final = vs[-1].copy()
     solution = np.asarray(circuit.decode(v_final), dtype=np.float64)
     return SpiceSolution(
