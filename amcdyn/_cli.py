@@ -16,7 +16,8 @@ is built and what its report adds); `simulate` and `mc` share the entries, so a 
 the same flags in both. `amcdyn mc` covers the linear circuits (inv, mvm, ginv, ridge,
 zf-detect, zf-precode, dft), cs and egv with --method ode, and blockamc and macro through the
 generic engine (`CircuitSpec.mc_sample`); hpinv (a refinement loop that stops on a concrete
-test) is `simulate` only for now (`mc` exits with status 2 and says so). An entry without an
+test) runs its samples in a host loop (`CircuitSpec.mc_run`, `amcdyn._hpinv.hpinv_monte_carlo`)
+with the same flags, progress, resumable `--out` and JSON fields. An entry without an
 implementation is listed as "not implemented yet" and exits with status 2.
 
 Both commands take the same non-ideality flags (`--sigma`, `--variation`, `--levels`,
@@ -748,6 +749,8 @@ class CircuitSpec:
     - `mc_sample(args, problem, g0, programming, key) -> dict`: for a solver-style entry, one
       Monte Carlo sample's fields (`settling_time`, `rel_error`, `bits`, `result`, `energy`,
       `max_abs_output`), traceable so that `amcdyn.monte_carlo` batches it.
+    - `mc_run(args, info, params, nonideal, problem) -> (report, result)`: for an entry whose
+      samples cannot be batched (HP-INV's refinement loop), the whole `amcdyn mc` run.
 
     An entry without `load` is listed as "not implemented yet" (exit status 2 when run).
     """
@@ -770,6 +773,7 @@ class CircuitSpec:
     ok_statuses: tuple[str, ...] = ("settled",)
     nonlinear: bool = False
     mc_sample: Callable[..., dict] | None = None
+    mc_run: Callable[..., tuple[dict, Any]] | None = None
     limits: frozenset[str] = frozenset()  # of v_sat, slew_rate, c_node
 
     @property
@@ -1364,7 +1368,8 @@ def _solve_macro(args, prob, g0, programming, key):
 
 
 def _mc_sample_blockamc(args, prob, g0, programming, key) -> dict:
-    sol = _solve_blockamc(args, prob, g0, programming, key)
+    # In `mc`, --offset-v is the sigma of a random offset per amplifier and sample.
+    sol = _solve_blockamc(args, prob, g0, programming, key, offset_sigma=args.offset_v or None)
     return {
         "settling_time": sol.settling_time,
         "rel_error": sol.rel_error,
@@ -1455,7 +1460,7 @@ def _load_hpinv(args: argparse.Namespace) -> Problem:
     return _load_square_solver(args)
 
 
-def _solve_blockamc(args, prob, g0, programming, key):
+def _solve_blockamc(args, prob, g0, programming, key, offset_sigma=None):
     from ._blockamc import blockamc_solve
 
     window = prob.data["_window"]
@@ -1466,23 +1471,33 @@ def _solve_blockamc(args, prob, g0, programming, key):
     return blockamc_solve(
         prob.a, prob.data["b"], stages=args.stages, method=args.method, tol=args.tol,
         g_max=None if window is None else window["g_max"], programming=programming, key=key,
-        throw=False, **kwargs,
+        offset_sigma=offset_sigma, throw=False, **kwargs,
     )
 
 
-def _solve_hpinv(args, prob, g0, programming, key):
-    import amcdyn
-
-    from ._hpinv import hpinv_solve
-
-    variation = amcdyn.Variation(args.sigma, kind=args.variation) if args.sigma > 0 else None
-    return hpinv_solve(
-        prob.a, prob.data["b"], bits=args.bits,
-        g_min=0.5e-6 if args.gmin is None else args.gmin,
+def _hpinv_options(args, prob) -> dict:
+    """`hpinv_solve`'s options from the flags (shared by `simulate` and `mc`)."""
+    return dict(
+        bits=args.bits, g_min=0.5e-6 if args.gmin is None else args.gmin,
         g_max=35e-6 if args.gmax is None else args.gmax,
         iterations=args.iterations, target_bits=args.target_bits, block=args.block,
-        variation=variation, key=key, method=args.method, tol=args.tol, a0=args.a0,
-        f_gbw=args.gbw, **prob.data["_amp_kwargs"],
+        method=args.method, tol=args.tol, a0=args.a0, f_gbw=args.gbw,
+        **prob.data["_amp_kwargs"],
+    )
+
+
+def _hpinv_variation(args):
+    import amcdyn
+
+    return amcdyn.Variation(args.sigma, kind=args.variation) if args.sigma > 0 else None
+
+
+def _solve_hpinv(args, prob, g0, programming, key):
+    from ._hpinv import hpinv_solve
+
+    return hpinv_solve(
+        prob.a, prob.data["b"], variation=_hpinv_variation(args), key=key,
+        **_hpinv_options(args, prob),
     )
 
 
@@ -1594,9 +1609,11 @@ CIRCUITS: dict[str, CircuitSpec] = {
             "HP-INV: A x = b to high precision: a low-precision analog INV (--bits per cell) "
             "inside a refinement loop with a high-precision MVM for the residual, at most "
             "--iterations cycles. `solution` is x in float64, `bits` the fixed-point bits "
-            "achieved. Simulate only (no Monte Carlo yet).",
-            _args_hpinv, _load_hpinv, flags=_SOLVER_FLAGS, solve=_solve_hpinv, mc=False,
-            ok_statuses=("converged",),
+            "achieved. `mc`: every sample programs the LP-INV arrays with its own draws and "
+            "runs the whole refinement (samples in a host loop; statuses converged, "
+            "not_converged, ...; the yield is the converged fraction).",
+            _args_hpinv, _load_hpinv, flags=_SOLVER_FLAGS, solve=_solve_hpinv,
+            mc_run=lambda *a: _run_mc_hpinv(*a), ok_statuses=("converged",),
         ),
         CircuitSpec(
             "cs", "compressed-sensing recovery: one-step analog LASSO (LCA dynamics)",
@@ -1868,6 +1885,8 @@ def _run_mc(args: argparse.Namespace) -> tuple[dict, Any]:
     spec = CIRCUITS[args.circuit]
     if spec.mc_sample is not None:
         return _run_mc_solver(args, spec, info, params, nonideal, programming, prob)
+    if spec.mc_run is not None:
+        return spec.mc_run(args, info, params, nonideal, prob)
     try:
         if spec.simulate is not None:  # the circuit's own simulator (EGV)
             nominal = spec.simulate(args, circuit)
@@ -1917,9 +1936,13 @@ def _run_mc(args: argparse.Namespace) -> tuple[dict, Any]:
     return report, res
 
 
-def _mc_report(res, min_bits, info, params, nonideal, nominal, t_max, t_max_note) -> dict:
-    """The `amcdyn mc --json` report of a finished run (every circuit)."""
-    s = res.summary(max_rel_error=None if min_bits is None else 2.0 ** -min_bits)
+def _mc_report(res, min_bits, info, params, nonideal, nominal, t_max, t_max_note, *,
+               summary=None, statuses=None, ok="settled") -> dict:
+    """The `amcdyn mc --json` report of a finished run (every circuit). `summary`, `statuses`
+    and `ok`: a circuit's own summary of `res`, its status names and its success status."""
+    s = summary if summary is not None else res.summary(
+        max_rel_error=None if min_bits is None else 2.0 ** -min_bits
+    )
     report = dict(info)
     report["samples"] = res.n_samples
     for field, key in _MC_FIELDS:
@@ -1928,11 +1951,9 @@ def _mc_report(res, min_bits, info, params, nonideal, nominal, t_max, t_max_note
     report["settle_all_s"] = s["settle_all"]
     report["yield"] = s["yield"]
     report["yield_stderr"] = s["yield_stderr"]
-    report["yield_criterion"] = (
-        "settled" if min_bits is None else f"settled and bits >= {min_bits:g}"
-    )
-    counts = {name: 0 for name in ("settled", "not_settled", "unstable", "nonfinite",
-                                   "max_steps")}
+    report["yield_criterion"] = ok if min_bits is None else f"{ok} and bits >= {min_bits:g}"
+    counts = {name: 0 for name in statuses or ("settled", "not_settled", "unstable",
+                                               "nonfinite", "max_steps")}
     counts.update(s["status_counts"])
     report["status_counts"] = counts
     report["t_max_s"] = t_max
@@ -1996,6 +2017,53 @@ def _run_mc_solver(args, spec, info, params, nonideal, programming, prob):
     report = _mc_report(
         res, args.min_bits, info, params, nonideal, nominal, None,
         "each step runs to its own settling (no common t_max)",
+    )
+    report["out"] = args.out
+    if caught:
+        report["warnings"] = _collect_warnings(caught)
+    return report, res
+
+
+def _run_mc_hpinv(args, info, params, nonideal, prob):
+    """`amcdyn mc hpinv`: `hpinv_monte_carlo` (one refinement per sample in a host loop, its
+    compiled steps reused; progress and the resumable `--out` of `amcdyn.monte_carlo`)."""
+    import jax
+
+    import amcdyn
+
+    from ._hpinv import HP_STATUS, hpinv_mc_summary, hpinv_monte_carlo, hpinv_solve
+
+    if args.offset_v:
+        raise UsageError("--offset-v", "random per-sample offsets are not modelled for hpinv "
+                                       "(its LP-INV draws programming variation only: --sigma)")
+    opts = _hpinv_options(args, prob)
+    key = jax.random.key(args.seed)
+    variation = _hpinv_variation(args)
+    # The nominal solve: the samples' chain with sigma = 0 (the identity draw), so it reuses
+    # their compiled steps.
+    nominal_variation = None if variation is None else amcdyn.Variation(0.0, kind=variation.kind)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            # The run first: a mismatching --out is refused before any solve.
+            res = hpinv_monte_carlo(
+                prob.a, prob.data["b"], key, args.samples, variation=variation,
+                out=args.out, progress=args.progress, **opts,
+            )
+            nominal = hpinv_solve(prob.a, prob.data["b"], variation=nominal_variation, key=key,
+                                  **opts)
+        except ValueError as e:
+            msg = str(e)
+            if msg.startswith("`out`"):
+                raise UsageError("--out", msg.replace("`out`", "--out")) from None
+            raise _library_error(args.circuit, e) from None
+    max_rel = None if args.min_bits is None else 2.0 ** -args.min_bits
+    report = _mc_report(
+        res, args.min_bits, info, params, nonideal, nominal, None,
+        "each analog step runs to its own settling (no common t_max); settling_time_s is the "
+        "total time of the refinement (analog settling + HP-MVM over all cycles)",
+        summary=hpinv_mc_summary(res, max_rel_error=max_rel), statuses=HP_STATUS,
+        ok="converged",
     )
     report["out"] = args.out
     if caught:

@@ -35,9 +35,20 @@ $\rho \ge 1$ the refinement diverges and the status is `"not_converged"`.
 
 The loop is a host-level controller (it stops on a concrete test), so the whole solve is not
 `jit`/`vmap`-able; each cycle's analog transients are compiled once and reused.
+
+**Monte Carlo.** `hpinv_monte_carlo` runs `hpinv_solve` once per sample with the key
+`fold_in(key, i)` (each sample programs its own LP-INV arrays), in a Python loop over samples
+that reuses the compiled steps, with the progress line and the resumable `.npz` store of
+[`amcdyn.monte_carlo`][]; `hpinv_mc_summary` summarizes it.
 """
 
+import contextlib
+import json
 import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import equinox as eqx
@@ -58,6 +69,20 @@ from ._blockamc import (
 from ._circuits import INV
 from ._devices import AbstractDeviceStage, ConductanceWindow, Programming
 from ._linalg import solve
+from ._mc import describe
+from ._montecarlo import (
+    _FORMAT,
+    _MAX_SAMPLES,
+    MCResult,
+    _check_count,
+    _check_key,
+    _check_out,
+    _fingerprint,
+    _key_info,
+    _load,
+    _Progress,
+    _save,
+)
 from ._opamp import K_GBW, P_STATIC
 from ._solution import RESULTS, STATUS_NAMES
 from ._validate import check_finite, check_positive
@@ -79,6 +104,8 @@ class HPINVSolution(eqx.Module):
       `analog_time`: the analog part; `energy`: the sum of `cycle_energies`.
     - `contraction`: $\\rho(I - AL)$ of the programmed LP-INV; `contraction_norm`:
       $\\|I - AL\\|_2$.
+    - `max_abs_voltage`: the largest held output voltage $|V|$ of any LP-INV step of any
+      cycle (V), to compare with the amplifiers' swing (0 when no cycle ran).
     - `status`: `"converged"` (target reached), `"not_converged"` (not within `iterations`,
       e.g. $\\rho \\ge 1$), or the status of a failed analog step (`"not_settled"`,
       `"unstable"`, ...), which stops the loop.
@@ -97,6 +124,7 @@ class HPINVSolution(eqx.Module):
     cycle_energies: Float[Array, " cycles"]
     contraction: Float[Array, ""]
     contraction_norm: Float[Array, ""]
+    max_abs_voltage: Float[Array, ""]
     cycles: int = eqx.field(static=True)
     status: str = eqx.field(static=True)
 
@@ -115,6 +143,7 @@ class HPINVSolution(eqx.Module):
             "energy_j": f(self.energy),
             "contraction": f(self.contraction),
             "contraction_norm": f(self.contraction_norm),
+            "max_abs_voltage_v": f(self.max_abs_voltage),
             "bits_history": [float(v) for v in np.asarray(self.bits_history)],
             "residual_history": [float(v) for v in np.asarray(self.residual_history)],
         }
@@ -132,6 +161,27 @@ def sliced_matrix(a: Float[ArrayLike, "n n"], slices: int) -> Float[Array, "n n"
 def _fixed_bits(x, exact):
     err = jnp.max(jnp.abs(x - exact)) / jnp.max(jnp.abs(exact))
     return err, -jnp.log2(err)
+
+
+# Compiled once per shape and options: called eagerly, the linear solves' loops would be traced
+# and compiled again on every call (~0.1 s each, most of a small solve's time in a Monte Carlo).
+_solve = jax.jit(solve)
+
+
+@eqx.filter_jit
+def _lp_map(a, r, g0, programming, key, block, g_max, circuit_kwargs):
+    """$L$: the Jacobian of the LP-INV's steady state in its (scaled) input `r`."""
+
+    def lp_steady(r):
+        if block:
+            return blockamc_steady(
+                a, r, stages=1, g_max=g_max, programming=programming, key=key, **circuit_kwargs
+            )
+        circuit = _perturb(INV.from_matrix(a, r, g0=g0, **circuit_kwargs), key, programming, None)
+        dyn = circuit.dynamics()
+        return circuit.decode(dyn.outputs(dyn.steady_state()))
+
+    return jax.jacfwd(lp_steady)(r)
 
 
 def hpinv_solve(
@@ -217,24 +267,15 @@ def hpinv_solve(
     b = jnp.asarray(b, dtype=a.dtype)
     n = a.shape[0]
     a_hp = a if hp_slices is None else sliced_matrix(a, hp_slices)
-    exact = solve(a, b)
+    exact = _solve(a, b)
     if e_mvm is None:
         f_gbw = float(circuit_kwargs.get("f_gbw", 1e8))
         n_arrays = hp_slices if hp_slices is not None else math.ceil(target_bits / 3)
         e_mvm = n_arrays * n * (P_STATIC + K_GBW * f_gbw) * t_mvm
     g0 = g_max / jnp.max(jnp.abs(a))
 
-    def lp_steady(r):
-        if block:
-            return blockamc_steady(
-                a, r, stages=1, g_max=g_max, programming=programming, key=key, **circuit_kwargs
-            )
-        circuit = _perturb(INV.from_matrix(a, r, g0=g0, **circuit_kwargs), key, programming, None)
-        dyn = circuit.dynamics()
-        return circuit.decode(dyn.outputs(dyn.steady_state()))
-
     # The LP-INV's linear map at steady state, and the contraction of the refinement.
-    lmap = jax.jacfwd(lp_steady)(b / jnp.max(jnp.abs(b)))
+    lmap = _lp_map(a, b / jnp.max(jnp.abs(b)), g0, programming, key, block, g_max, circuit_kwargs)
     e_mat = np.asarray(jnp.eye(n, dtype=a.dtype) - a_hp @ lmap)
     rho = float(np.max(np.abs(np.linalg.eigvals(e_mat))))
     rho_norm = float(np.linalg.norm(e_mat, 2))
@@ -254,20 +295,21 @@ def hpinv_solve(
                 throw=False,
                 **circuit_kwargs,
             )
-            return sol.solution, sol.settling_time, sol.energy, sol.result
+            return sol.solution, sol.settling_time, sol.energy, sol.result, sol.max_abs_voltage
         circuit = _perturb(INV.from_matrix(a, r, g0=g0, **circuit_kwargs), key, programming, None)
         sol, v = _step(circuit, jnp.asarray(tol), n_steps, method)
-        return circuit.decode(v), sol.settling_time, sol.energy, sol.result
+        return circuit.decode(v), sol.settling_time, sol.energy, sol.result, jnp.max(jnp.abs(v))
 
     x = jnp.zeros(n, a.dtype)
     r = b
     b_norm = float(jnp.max(jnp.abs(b)))
     bits_hist, res_hist, times, energies = [], [], [], []
     analog = 0.0
+    peak = 0.0
     status = "not_converged"
     for _ in range(iterations):
         scale = jnp.max(jnp.abs(r))
-        delta, t_a, e_a, result = lp_transient(r / scale)
+        delta, t_a, e_a, result, v_peak = lp_transient(r / scale)
         code = int(np.asarray(result._value))
         if code != RESULTS.settled._value:
             status = STATUS_NAMES[code]
@@ -275,6 +317,7 @@ def hpinv_solve(
         x = x + scale * delta
         r = b - a_hp @ x
         analog += float(t_a)
+        peak = max(peak, float(v_peak))
         times.append(float(t_a) + t_mvm)
         energies.append(float(e_a) + e_mvm)
         bits_hist.append(float(_fixed_bits(x, exact)[1]))
@@ -284,7 +327,8 @@ def hpinv_solve(
             status = "converged"
             break
     err, fixed_bits = _fixed_bits(x, exact)
-    arr = lambda v: jnp.asarray(np.asarray(v, dtype=float))
+    # `device_put`, not `jnp.asarray`: the latter compiles a transfer for every new length.
+    arr = lambda v: jax.device_put(np.asarray(v, dtype=float))
     return HPINVSolution(
         solution=x,
         exact=exact,
@@ -299,6 +343,212 @@ def hpinv_solve(
         cycle_energies=arr(energies),
         contraction=arr(rho),
         contraction_norm=arr(rho_norm),
+        max_abs_voltage=arr(peak),
         cycles=len(times),
         status=status,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Monte Carlo over device variation
+
+_MC_FORMAT = "amcdyn.hpinv_monte_carlo/1"
+# Per-sample fields and their stored dtypes (fixed, so that a file written with or without x64
+# resumes the same way).
+_MC_FIELDS = {
+    "settling_time": "float64",
+    "analog_time": "float64",
+    "energy": "float64",
+    "rel_error": "float64",
+    "bits": "float64",
+    "contraction": "float64",
+    "max_abs_output": "float64",
+    "cycles": "int32",
+    "status": "int32",
+}
+# `out` is rewritten at most this often (s), and always at the end or on an interruption: one
+# sample takes ~0.1-1 s, and rewriting the whole file after each of 10^4 samples would write
+# gigabytes.
+_MC_SAVE_EVERY_S = 2.0
+
+
+def hpinv_monte_carlo(
+    a: Float[ArrayLike, "n n"],
+    b: Float[ArrayLike, " n"],
+    key: PRNGKeyArray,
+    n_samples: int,
+    *,
+    variation: AbstractDeviceStage | None = None,
+    out: str | None = None,
+    progress: bool = True,
+    callback: Callable[[int, int], None] | None = None,
+    **hpinv_kwargs,
+) -> MCResult:
+    r"""Monte Carlo of HP-INV over device variation: one [`amcdyn.hpinv_solve`][] per sample.
+
+    Sample $i$ (for $i = 0, \dots, n_\mathrm{samples}-1$) is
+    `hpinv_solve(a, b, variation=variation, key=jax.random.fold_in(key, i), **hpinv_kwargs)`:
+    every LP-INV array is programmed (levels, then `variation`) with the sample's own draws and
+    reused by all cycles of that sample. The HP-MVM is digital here (exact $A$ or its 3-bit
+    slices), so it has no variation. Sample $i$ depends only on `key`, $i$ and the
+    configuration, so the results do not depend on interruptions and resumes.
+
+    The refinement loop stops on a concrete test, so the samples run one after the other in a
+    Python loop (not in compiled batches as [`amcdyn.monte_carlo`][]); each sample's analog
+    steps are compiled on the first sample and reused by all others (same shapes, same
+    options). Progress and the resumable file are those of [`amcdyn.monte_carlo`][].
+
+    **Arguments:**
+
+    - `a`, `b`: the problem, as [`amcdyn.hpinv_solve`][].
+    - `key`: a PRNG key (`jax.random.key(seed)` or a legacy `jax.random.PRNGKey(seed)`).
+    - `n_samples`: number of samples, an int in $[1, 2^{32}]$.
+    - `variation`: the device stage applied after the level mapping, e.g.
+      `amcdyn.Variation(0.05)`; `None`: no random draw (every sample is the nominal solve).
+    - `out`: a `.npz` path, the resumable store of [`amcdyn.monte_carlo`][]: the samples done
+      so far are written atomically (temporary file, fsync, rename) at most every 2 s, at the
+      end, and when the run is interrupted (an exception, `KeyboardInterrupt` included); an
+      existing file of the same configuration ($A$, $b$, `variation`, options, `n_samples`,
+      key) is resumed (finished samples are not recomputed), one of another configuration is
+      refused with a `ValueError` and left untouched.
+    - `progress`: a progress line on stderr (samples done, samples/s, ETA).
+    - `callback`: called as `callback(n_done, n_samples)` after each sample; an exception it
+      raises stops the run (and propagates) with `out` holding every finished sample.
+    - `**hpinv_kwargs`: the other options of [`amcdyn.hpinv_solve`][] (`bits`, `g_min`,
+      `g_max`, `iterations`, `target_bits`, `block`, `hp_slices`, `t_mvm`, `e_mvm`, `method`,
+      `tol`, `n_steps`, op-amp and wire options).
+
+    **Returns:** an [`amcdyn.MCResult`][] with per-sample fields `settling_time` (the total
+    time, s: analog settling plus `t_mvm` over all cycles), `analog_time` (s), `energy` (J),
+    `rel_error` and `bits` (fixed-point, against the exact solution of $A$), `cycles`,
+    `contraction` ($\rho(I - AL)$), `max_abs_output` (the largest held LP-INV output, V) and
+    `status` (an index into `HP_STATUS`: 0 converged, 1 not_converged, 2 not_settled,
+    3 unstable, 4 nonfinite, 5 max_steps). `stats` as [`amcdyn.monte_carlo`][]'s, with
+    `chunk_size` 1, `compile_s` the wall time of the first sample this call computed (it
+    includes the one-time compilation) and `sample_s` the wall time of each computed sample.
+    Summarize it with [`hpinv_mc_summary`][amcdyn._hpinv.hpinv_mc_summary] (status names of
+    HP-INV; the yield is the converged fraction).
+
+    **Raises:** `ValueError` naming the argument for a bad `a`, `b`, `key`, `n_samples`,
+    `variation`, `out` or option (as [`amcdyn.hpinv_solve`][]), or an `out` from another
+    configuration or not readable.
+    """
+    n_samples = _check_count("n_samples", n_samples, _MAX_SAMPLES)
+    _check_key(key)
+    if variation is not None and not isinstance(variation, AbstractDeviceStage):
+        raise ValueError(
+            "`variation` must be an AbstractDeviceStage (e.g. amcdyn.Variation(0.05)) or None, "
+            f"got {variation!r}"
+        )
+    if not isinstance(progress, bool):
+        raise ValueError(f"`progress` must be a bool, got {progress!r}")
+    if callback is not None and not callable(callback):
+        raise ValueError(f"`callback` must be callable, got {callback!r}")
+    check_problem(a, b, 1 if hpinv_kwargs.get("block", False) else 0)
+    out = _check_out(out)
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+
+    config = {
+        "format": _MC_FORMAT,
+        "a": describe(a),
+        "b": describe(b),
+        "variation": describe(variation),
+        "options": describe(dict(sorted(hpinv_kwargs.items()))),
+        "x64": bool(jax.config.jax_enable_x64),
+    }
+    try:
+        config = json.loads(json.dumps(config, sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"`hpinv_kwargs` must be JSON-describable options: {e}") from e
+    done = {name: np.zeros((n_samples,), dtype) for name, dtype in _MC_FIELDS.items()}
+    ident = {
+        "config": config,
+        "n_samples": n_samples,
+        "key": _key_info(key),
+        "fields": [[name, dtype] for name, dtype in _MC_FIELDS.items()],
+    }
+    fingerprint = _fingerprint(ident)
+    meta = {"format": _FORMAT, "fingerprint": fingerprint, "ident": ident}
+    n_done = 0
+    if out is not None and os.path.exists(out):
+        n_done = _load(out, ident, fingerprint, done)
+    n_resumed = n_done
+
+    writer = out is not None and jax.process_index() == 0
+    n_saved = n_done
+    last_save = time.perf_counter()
+    bar = _Progress(progress, n_samples, n_done)
+    sample_s: list[float] = []
+    t0 = time.perf_counter()
+    try:
+        while n_done < n_samples:
+            t = time.perf_counter()
+            sol = hpinv_solve(
+                a, b, variation=variation, key=jr.fold_in(key, n_done), **hpinv_kwargs
+            )
+            row = {
+                "settling_time": sol.settling_time,
+                "analog_time": sol.analog_time,
+                "energy": sol.energy,
+                "rel_error": sol.rel_error,
+                "bits": sol.bits,
+                "contraction": sol.contraction,
+                "max_abs_output": sol.max_abs_voltage,
+                "cycles": sol.cycles,
+                "status": HP_STATUS.index(sol.status),
+            }
+            for name, v in row.items():
+                done[name][n_done] = np.asarray(v)
+            n_done += 1
+            sample_s.append(time.perf_counter() - t)
+            now = time.perf_counter()
+            if writer and (n_done == n_samples or now - last_save >= _MC_SAVE_EVERY_S):
+                _save(out, meta, done, n_done)
+                n_saved, last_save = n_done, time.perf_counter()
+            bar.update(n_done, final=n_done == n_samples)
+            if callback is not None:
+                callback(n_done, n_samples)
+    finally:
+        if bar.tty and n_done < n_samples:
+            sys.stderr.write("\n")
+        if writer and n_saved < n_done:  # interrupted between saves: keep every finished sample
+            with contextlib.suppress(Exception):
+                _save(out, meta, done, n_done)
+    run_s = time.perf_counter() - t0
+    n_computed = n_done - n_resumed
+    stats = {
+        "chunk_size": 1,
+        "n_devices": 1,
+        "n_resumed": n_resumed,
+        "n_computed": n_computed,
+        "compile_s": sample_s[0] if sample_s else 0.0,
+        "run_s": run_s,
+        "samples_per_s": n_computed / run_s if n_computed and run_s > 0 else math.nan,
+        "sample_s": sample_s,
+    }
+    return MCResult(samples=done, n_samples=n_samples, stats=stats)
+
+
+def hpinv_mc_summary(
+    res: MCResult,
+    quantiles: Sequence[float] = (0.05, 0.5, 0.95),
+    *,
+    max_rel_error: float | None = None,
+) -> dict:
+    r"""The summary of an [`hpinv_monte_carlo`][amcdyn._hpinv.hpinv_monte_carlo] run.
+
+    `res.summary(quantiles, status_field="status", max_rel_error=max_rel_error)` (quantiles of
+    every field, `settle_all` counting a sample that did not converge as $+\infty$, the yield
+    and its standard error) with `status_counts` by HP-INV status name (every name of
+    `HP_STATUS`, zeros included). The yield is the fraction of converged samples (and, with
+    `max_rel_error`, of those with `rel_error <= max_rel_error`).
+
+    **Raises:** `ValueError` as `MCResult.summary`, or when `res` has no `status` field.
+    """
+    if "status" not in res.samples:
+        raise ValueError("`res` must come from hpinv_monte_carlo (it has no `status` field)")
+    s = res.summary(quantiles, status_field="status", max_rel_error=max_rel_error)
+    codes = np.asarray(res["status"])
+    s["status_counts"] = {name: int(np.sum(codes == i)) for i, name in enumerate(HP_STATUS)}
+    return s

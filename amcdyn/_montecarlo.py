@@ -411,6 +411,13 @@ def _save(out: str, meta: dict, done: dict[str, np.ndarray], n_done: int) -> Non
 # Progress
 
 
+def _fmt_rate(rate: float) -> str:
+    """Samples per second with enough digits for slow runs (HP-INV: < 1 sample/s)."""
+    if not math.isfinite(rate) or rate >= 100:
+        return f"{rate:,.0f}"
+    return f"{rate:.1f}" if rate >= 1 else f"{rate:.2g}"
+
+
 def _fmt_time(s: float) -> str:
     if not math.isfinite(s):
         return "?"
@@ -443,7 +450,7 @@ class _Progress:
         eta = (self.n_samples - n_done) / rate if rate > 0 else math.inf
         line = (
             f"monte_carlo: {n_done}/{self.n_samples} ({100 * n_done / self.n_samples:.1f}%)  "
-            f"{rate:,.0f} samples/s  elapsed {_fmt_time(elapsed)}  ETA {_fmt_time(eta)}"
+            f"{_fmt_rate(rate)} samples/s  elapsed {_fmt_time(elapsed)}  ETA {_fmt_time(eta)}"
         )
         if self.tty:
             sys.stderr.write("\r" + line + ("\n" if final else ""))
