@@ -6,6 +6,7 @@ from . import mimo as mimo
 from ._blockamc import (
     BlockAMCSolution as BlockAMCSolution,
     blockamc_solve as blockamc_solve,
+    blockamc_step_circuits as blockamc_step_circuits,
     compare_blockamc as compare_blockamc,
 )
 from ._circuits import (
@@ -21,6 +22,7 @@ from ._design import (
     Objective as Objective,
     Robust as Robust,
     design as design,
+    design_multistart as design_multistart,
     load_design as load_design,
 )
 from ._devices import (
@@ -40,7 +42,12 @@ from ._egv import (
     simulate_egv as simulate_egv,
 )
 from ._ginv import GINV as GINV, Ridge as Ridge
-from ._hpinv import HPINVSolution as HPINVSolution, hpinv_solve as hpinv_solve
+from ._hpinv import (
+    HPINVSolution as HPINVSolution,
+    hpinv_mc_summary as hpinv_mc_summary,
+    hpinv_monte_carlo as hpinv_monte_carlo,
+    hpinv_solve as hpinv_solve,
+)
 from ._macro import Macro as Macro, MacroResult as MacroResult
 from ._mc import monte_carlo_circuit as monte_carlo_circuit, perturb_circuit as perturb_circuit
 from ._montecarlo import MCResult as MCResult, monte_carlo as monte_carlo

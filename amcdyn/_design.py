@@ -10,6 +10,11 @@ res = design(circuit, variables=("gbw_main", "gbw_inv", "col_scale"), steps=100)
 res.summary()["optimized"]["settling_time_s"], res.export("design.json")
 ```
 
+The settling time has many local minima in the design variables (balanced modes, and narrow
+notches where a mode's amplitude at the outputs cancels); one gradient run finds the minimum
+of its start's basin. [`design_multistart`][amcdyn._design.design_multistart] runs `design`
+from the circuit and from a Latin hypercube of starts and keeps the best.
+
 **Design variables** (each an unconstrained parameter mapped into its bounds):
 
 - `g0`: the unit conductance $G_0$ (S); log-sigmoid map so that the peak conductance
@@ -1108,4 +1113,89 @@ def design(
         power_budget_w=budget,
         n_loss_evals=steps + 1,
         wall_time_s=wall,
+    )
+
+
+def _latin_starts(p0, k: int, spread: float, seed: int) -> list[dict[str, Array]]:
+    """`k` starting parameter dicts shaped as `p0`: a Latin hypercube in [-spread, spread]
+    (each coordinate visits each of its `k` equal strata exactly once)."""
+    rng = np.random.default_rng(seed)
+    dims = {name: int(np.size(v)) for name, v in p0.items()}
+    # Column j of strata[name] is a permutation of 0..k-1.
+    strata = {n: np.stack([rng.permutation(k) for _ in range(m)], -1) for n, m in dims.items()}
+    out = []
+    for i in range(k):
+        init = {}
+        for name, v in p0.items():
+            u = (strata[name][i] + rng.uniform(size=dims[name])) / k
+            init[name] = jnp.asarray((2 * u - 1) * spread, v.dtype).reshape(np.shape(v))
+        out.append(init)
+    return out
+
+
+def design_multistart(
+    circuit: INV,
+    *,
+    starts: int = 8,
+    spread: float = 2.0,
+    seed: int = 0,
+    evaluate_designs: bool = True,
+    **kwargs,
+) -> DesignResult:
+    r"""[`design`][amcdyn._design.design] from several starting points; the run whose best
+    loss is lowest is returned.
+
+    The settling time of a linear circuit has many local minima in its design variables (a
+    mode's amplitude at the outputs can be tuned to cancel; two modes can be balanced), and
+    so has the surrogate that tracks it: one gradient run finds the minimum of its basin. The
+    first run starts from `circuit` itself, the others from a Latin hypercube of the
+    unconstrained parameters in $[-\mathrm{spread}, \mathrm{spread}]$ (every coordinate of
+    every start a separate stratum).
+
+    **Arguments:**
+
+    - `circuit`: the initial [`amcdyn.INV`][].
+    - `starts`: number of runs (int >= 1), each of `steps + 1` loss-and-gradient evaluations.
+    - `spread`: half-width of the box of unconstrained starting parameters (> 0; 2 maps, e.g.,
+      a GBW to 12 %..88 % of its log range, a column scaling $d_j$ to $r^{\pm 0.96}$).
+    - `seed`: seed of the Latin hypercube (NumPy).
+    - `evaluate_designs`: simulate the initial and the returned design (as `design`).
+    - `**kwargs`: any other keyword argument of `design` except `init` (`variables`,
+      `objective`, `optimizer`, `steps`, `power_budget`, `robust`, `key`, `tol`, ...).
+
+    **Returns:** the winning run's [`DesignResult`][amcdyn._design.DesignResult], with
+    `n_loss_evals` and `wall_time_s` summed over all runs.
+
+    **Raises:** `ValueError` naming the argument for bad `starts`, `spread` or an `init`
+    keyword, and as `design` for the others.
+    """
+    if isinstance(starts, bool) or not isinstance(starts, int) or starts < 1:
+        raise ValueError(f"`starts` must be an int >= 1, got {starts!r}")
+    if not (isinstance(spread, (int, float)) and math.isfinite(spread) and spread > 0):
+        raise ValueError(f"`spread` must be a finite number > 0, got {spread!r}")
+    if "init" in kwargs:
+        raise ValueError("`init`: design_multistart chooses the starting points itself")
+    eval_steps = kwargs.pop("eval_steps", 1024)
+    runs = [design(circuit, evaluate_designs=False, **kwargs)]
+    for init in _latin_starts(runs[0].problem.init_params(), starts - 1, spread, seed):
+        runs.append(design(circuit, init=init, evaluate_designs=False, **kwargs))
+    best = min(
+        runs,
+        key=lambda r: r.history[r.best_step] if math.isfinite(r.history[r.best_step]) else math.inf,
+    )
+    metrics0, metrics1 = {}, {}
+    if evaluate_designs:
+        key = kwargs.get("key")
+        ekey = None if key is None else jr.fold_in(key, 1)
+        kw = dict(
+            tol=kwargs.get("tol", 1e-3), n_steps=eval_steps, robust=best.problem.robust, key=ekey
+        )
+        metrics0 = evaluate(best.problem.base, **kw)
+        metrics1 = evaluate(best.optimized, **kw)
+    return dataclasses.replace(
+        best,
+        initial_metrics=metrics0,
+        optimized_metrics=metrics1,
+        n_loss_evals=sum(r.n_loss_evals for r in runs),
+        wall_time_s=sum(r.wall_time_s for r in runs),
     )

@@ -4,8 +4,10 @@ Sections (each written to `studies/results/design_study.md` as soon as it finish
 numbers go to `design_study.json`, and a rerun skips the sections already there for the same
 mode, so an interrupted run resumes):
 
-- (a) 3 design variables (per-column scaling of a 3 x 3 ill-conditioned INV): the gradient
-  optimum against a brute-force grid over the same variables, simulations counted.
+- (a) 3 parameters (per-column scaling or main-amplifier GBW of 3 x 3 INVs, nominal and
+  robust): the multi-start gradient optimum against a brute-force grid of the true objective
+  over the same variables, simulations counted, with a diagnosis of the grid optimum
+  (isolation, surrogate loss there, robustness to fresh variation).
 - (b) per-amplifier GBW + per-column scaling (2N variables, N = 16 and 64; `--quick`: N = 16)
   against random search with the same number of simulations and against the naive design
   (G = G0 A, equal GBW) at equal power.
@@ -18,11 +20,10 @@ mode, so an interrupted run resumes):
 Every claimed improvement is confirmed by an ngspice transient of the exported design
 (`DesignResult.export` -> `load_design` -> `amcdyn.simulate_spice`).
 
-Usage: `python studies/design_study.py [--quick] [--fresh]`.
+Usage: `python studies/design_study.py [--quick] [--fresh] [--only a,b16,...]`.
 """
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -102,143 +103,364 @@ def ns(x):
 # --------------------------------------------------------------------------------------------
 
 
-def _case_a(quick, tmp, a, b, variable):
-    c = circuit(a, b)
-    steps = 30
-    n_starts = 4
-    opt = optax.adam(0.1)
-    t0 = time.perf_counter()
-    # Multi-start: the naive design, then uniform draws of the unconstrained parameters in
-    # [-2, 2]; the run with the lowest final loss (surrogate) is kept.
-    runs = []
-    for i in range(n_starts):
-        init = None
-        if i:
-            init = {variable: jr.uniform(jr.PRNGKey(100 + i), (3,), minval=-2.0, maxval=2.0)}
-        runs.append(
-            D.design(
-                c,
-                variables=(variable,),
-                optimizer=opt,
-                steps=steps,
-                init=init,
-                evaluate_designs=(i == 0),
-            )
-        )
-    first = runs[0]
-    res = min(runs, key=lambda r: r.history[r.best_step])
-    first_s = first.optimized_metrics["settling_time_s"]
-    if res is not first:
-        res = dataclasses.replace(
-            res,
-            initial_metrics=first.initial_metrics,
-            optimized_metrics=D.evaluate(res.optimized, tol=TOL),
-        )
-    t_grad = time.perf_counter() - t0
-    prob = res.problem
-    k = 9 if quick else 15
-    g = np.linspace(-2.5, 2.5, k)
-    grid = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
-    t_end = 2 * float(amcdyn._ngspice.default_t_stop(c, TOL))
+# Section (a): one optimizer object for every gradient run, so that runs of one problem
+# structure share a compiled step. Cosine decay (0.1 -> 0.005): large steps to leave the
+# start's basin, small ones to settle into the kink of a balanced-modes optimum.
+STEPS_A = 40
+OPT_A = optax.adam(optax.cosine_decay_schedule(0.1, STEPS_A, alpha=0.05))
+# Robust cases: the 0.9 quantile over 16 fixed draws of 2 % Gaussian conductance variation.
+ROBUST_A = dict(samples=16, sigma=0.02, quantile=0.9)
+CASES_A = (
+    ("1", "3 x 3 signed I + 0.95 R, column scaling", "sr95", ("col_scale",), False),
+    ("2", "3 x 3 I - 0.49 (shift up + down), main GBW, equal power", "lap", ("gbw_main",), False),
+    ("3", "3 x 3 signed I + 0.5 R, column scaling", "sr50", ("col_scale",), False),
+    ("4", "case 1, robust (p90 over 16 draws, 2 % variation)", "sr95", ("col_scale",), True),
+    ("5", "case 2, robust (p90 over 16 draws, 2 % variation)", "lap", ("gbw_main",), True),
+)
 
-    @jax.jit
-    def true_t(th):
-        ci = prob.circuit({variable: th})
+
+def _matrix_a(name):
+    if name == "sr95":
+        return signed_random(3, 4, strength=0.95), rhs(3, 1)
+    if name == "sr50":
+        return signed_random(3, 4, strength=0.5), rhs(3, 1)
+    return laplacian(3, -0.49), rhs(3, 1)
+
+
+def _flat(params):
+    return np.concatenate([np.ravel(np.asarray(params[k])) for k in sorted(params)])
+
+
+def _unflat(p0, v):
+    out, i = {}, 0
+    for k in sorted(p0):
+        m = int(np.size(p0[k]))
+        out[k] = jnp.reshape(v[i : i + m], np.shape(p0[k]))
+        i += m
+    return out
+
+
+def _slow_mode_amplitude(ci):
+    """Amplitude at the outputs of the slowest mode of the transient from rest, relative to
+    the full scale max|v*| (NumPy eigendecomposition of the Jacobian)."""
+    dyn = ci.dynamics()
+    jac = np.asarray(dyn.jacobian())
+    y_ss = np.linalg.solve(jac, -np.asarray(dyn.vector_field(jnp.zeros(jac.shape[0]))))
+    lam, vec = np.linalg.eig(jac)
+    coef = np.linalg.solve(vec, -y_ss)  # e(0) = -y* in modal coordinates
+    n_out = dyn.n_outputs
+    k = int(np.argmax(lam.real))
+    return float(np.max(np.abs(vec[:n_out, k] * coef[k])) / np.max(np.abs(y_ss[:n_out])))
+
+
+def _case_a(quick, tmp, label, title, matrix, variables, robust):
+    a, b = _matrix_a(matrix)
+    c = circuit(a, b)
+    starts = 8 if quick else 16
+    steps = 30 if quick else STEPS_A
+    opt = OPT_A if steps == STEPS_A else optax.adam(optax.cosine_decay_schedule(0.1, steps, 0.05))
+    rob = ROBUST_A if robust else None
+    key = jr.PRNGKey(3) if robust else None
+    kw = dict(variables=variables, optimizer=opt, steps=steps, robust=rob, key=key)
+    t0 = time.perf_counter()
+    res = D.design_multistart(c, starts=starts, evaluate_designs=False, **kw)
+    t_grad = time.perf_counter() - t0
+    single = D.design(c, evaluate_designs=False, **kw)  # = run 0 of the multi-start
+    prob = res.problem
+    p0 = prob.init_params()
+    m = len(_flat(p0))
+    t_end = 2 * float(amcdyn._ngspice.default_t_stop(c, TOL))
+    prog = amcdyn.Variation(ROBUST_A["sigma"])
+
+    # The true objective: the settling time of an exact-propagator transient, or (robust) its
+    # 0.9 quantile over the very draws the surrogate was optimized over.
+    def settle(ci):
         return amcdyn.simulate_expm(
             ci, tol=TOL, t_max=t_end, n_steps=1024, stability=False, throw=False
         ).settling_time
 
+    @jax.jit
+    def true_obj(v):
+        ci = prob.circuit(_unflat(p0, v))
+        if not robust:
+            t = settle(ci)
+            return jnp.where(jnp.isnan(t), jnp.inf, t)
+        ts = jax.lax.map(
+            lambda k: settle(amcdyn.perturb_circuit(ci, k, programming=prog)), prob.keys
+        )
+        return jnp.quantile(jnp.where(jnp.isnan(ts), jnp.inf, ts), ROBUST_A["quantile"])
+
+    loss = jax.jit(lambda v: prob.loss(_unflat(p0, v)))
+    agg = D._aggregate(prob.robust)
+    # The surrogate settling time (s): the loss's time term before the log.
+    t_soft = jax.jit(lambda v: agg(prob.smooth_metrics(_unflat(p0, v))["time_s"]))
+    k = 9 if quick else 15
+    g = np.linspace(-2.5, 2.5, k)
+    grid = np.stack(np.meshgrid(*([g] * m), indexing="ij"), -1).reshape(-1, m)
     t0 = time.perf_counter()
-    ts = np.asarray(jax.lax.map(true_t, jnp.asarray(grid)))
+    ts = np.asarray(jax.lax.map(true_obj, jnp.asarray(grid)))
     t_grid = time.perf_counter() - t0
-    ts = np.where(np.isfinite(ts), ts, np.inf)
     best = int(np.argmin(ts))
-    # How isolated is the grid optimum: the worst of its (up to 6) grid neighbours.
-    cube = ts.reshape(k, k, k)
+    v_grid, v_grad = grid[best], _flat(res.params)
+    # How isolated is the grid optimum: the worst of its grid neighbours, and the width of the
+    # set along each axis (fine line of 101 points over +-0.5 through it) within 10 % of it.
+    cube = ts.reshape((k,) * m)
     idx = np.unravel_index(best, cube.shape)
-    neigh = []
-    for axis in range(3):
+    neigh, widths, dev = [], [], []
+    for axis in range(m):
         for step in (-1, 1):
             j = list(idx)
             j[axis] += step
             if 0 <= j[axis] < k:
                 neigh.append(cube[tuple(j)])
-    p_best = {variable: jnp.asarray(grid[best])}
-    grid_best = D.evaluate(prob.circuit(p_best), tol=TOL)
-    sp0, sp1 = spice_pair(res, tmp)
-    key = "col_scale" if variable == "col_scale" else "f_gbw_main_hz"
-    return {
-        "variable": variable,
-        "initial_s": res.initial_metrics["settling_time_s"],
-        "gradient_s": res.optimized_metrics["settling_time_s"],
-        "grid_s": grid_best["settling_time_s"],
+        pts = np.repeat(v_grid[None], 101, 0)
+        pts[:, axis] += np.linspace(-0.5, 0.5, 101)
+        line = np.asarray(jax.lax.map(true_obj, jnp.asarray(pts)))
+        widths.append(float(np.sum(line <= 1.1 * ts[best]) * 0.01))
+        soft = np.asarray(jax.lax.map(t_soft, jnp.asarray(pts)))
+        ok = np.isfinite(line)
+        dev.append(np.abs(soft[ok] - line[ok]) / line[ok])
+    out = {
+        "label": label,
+        "title": title,
+        "variables": list(variables),
+        "robust": robust,
+        "n_params": m,
+        "initial_s": float(true_obj(jnp.asarray(_flat(p0)))),
+        "gradient_single_start_s": float(true_obj(jnp.asarray(_flat(single.params)))),
+        "gradient_s": float(true_obj(jnp.asarray(v_grad))),
+        "grid_s": float(ts[best]),
         "grid_neighbour_worst_s": float(np.max(neigh)),
-        "gradient_sims": n_starts * (steps + 1),
-        "gradient_single_start_s": first_s,
+        "grid_fraction_within_10pct": float(np.mean(ts <= 1.1 * ts[best])),
+        "grid_width_within_10pct": widths,
+        "surrogate_line_rel_dev_median": float(np.median(np.concatenate(dev))),
+        "surrogate_line_rel_dev_p90": float(np.quantile(np.concatenate(dev), 0.9)),
+        "loss_gradient": float(loss(jnp.asarray(v_grad))),
+        "loss_grid": float(loss(jnp.asarray(v_grid))),
+        "gradient_sims": res.n_loss_evals,
         "grid_sims": int(len(grid)),
+        "sims_per_evaluation": ROBUST_A["samples"] if robust else 1,
         "gradient_wall_s": t_grad,
         "grid_wall_s": t_grid,
-        "gradient_values": res.design_values[key],
-        "grid_values": D.design_values(prob, p_best)[key],
-        "spice_initial_s": sp0,
-        "spice_gradient_s": sp1,
+        "gradient_theta": v_grad.tolist(),
+        "grid_theta": v_grid.tolist(),
     }
+    # Basin of the grid optimum for the same local method: runs from 8 Latin-hypercube
+    # starts within +-0.25 (unconstrained units) of it; how many end within 2 % of it.
+    near = []
+    for init in D._latin_starts(p0, 8, 0.25, seed=2):
+        init = {kk: vv + _unflat(p0, jnp.asarray(v_grid))[kk] for kk, vv in init.items()}
+        r = D.design(c, init=init, evaluate_designs=False, **kw)
+        near.append(float(true_obj(jnp.asarray(_flat(r.params)))))
+    out["near_grid_starts_s"] = near
+    # Is the notch a cancellation? The slowest mode's amplitude at the outputs.
+    for name, v in (("grid", v_grid), ("gradient", v_grad), ("initial", _flat(p0))):
+        out[f"slow_mode_amplitude_{name}"] = _slow_mode_amplitude(
+            prob.circuit(_unflat(p0, jnp.asarray(v)))
+        )
+    c_grad, c_grid = res.optimized, prob.circuit(_unflat(p0, jnp.asarray(v_grid)))
+    vkey = "col_scale" if "col_scale" in variables else "f_gbw_main_hz"
+    out["gradient_values"] = D.design_values(prob, res.params)[vkey]
+    out["grid_values"] = D.design_values(prob, _unflat(p0, jnp.asarray(v_grid)))[vkey]
+    # Robustness of both designs to fresh device variation: 1 % (nominal cases) or the
+    # robust cases' 2 %, 64 fresh draws.
+    sig = ROBUST_A["sigma"] if robust else 0.01
+    ev = dict(samples=64, sigma=sig, quantile=0.95)
+    for name, ci in (("gradient", c_grad), ("grid", c_grid)):
+        mc = D.evaluate(ci, tol=TOL, robust=ev, key=jr.PRNGKey(77))
+        out[f"fresh_p95_{name}_s"] = mc["mc_settling_p95_s"]
+    out["fresh_sigma"] = sig
+    # ngspice: nominal cases, the three designs; robust cases, the designs on the same 16
+    # draws (the quantile as above).
+    sp = {}
+    for name, ci in (("initial", prob.base), ("gradient", c_grad), ("grid", c_grid)):
+        if not robust:
+            sp[name] = amcdyn.simulate_spice(ci, tol=TOL).settling_time
+        elif name != "initial":
+            tt = [
+                amcdyn.simulate_spice(amcdyn.perturb_circuit(ci, kk, programming=prog), tol=TOL)
+                for kk in prob.keys
+            ]
+            tt = np.array(
+                [np.inf if not np.isfinite(s.settling_time) else s.settling_time for s in tt]
+            )
+            sp[name] = float(np.quantile(tt, ROBUST_A["quantile"]))
+        else:
+            sp[name] = None
+    out.update({f"spice_{k}_s": v for k, v in sp.items()})
+    return out
 
 
 def section_a(quick, tmp):
-    """3 variables, two cases: column scaling of a signed 3 x 3 INV; the GBW of the three
-    main amplifiers of a 3 x 3 Laplacian-like INV at equal power."""
-    return {
-        "cases": [
-            _case_a(quick, tmp, signed_random(3, 4, strength=0.95), rhs(3, 1), "col_scale"),
-            _case_a(quick, tmp, laplacian(3, -0.49), rhs(3, 1), "gbw_main"),
-        ]
-    }
+    """2-3 variables: gradient (multi-start) vs brute-force grid of the true objective."""
+    cases = []
+    for spec in CASES_A:
+        print(f"  (a) case {spec[0]}: {spec[1]}", flush=True)
+        cases.append(_case_a(quick, tmp, *spec))
+    return {"cases": cases, "starts": 8 if quick else 16, "steps": 30 if quick else STEPS_A}
+
+
+def _verdict(x):
+    r = x["gradient_s"] / x["grid_s"]
+    if r <= 1.0:
+        return f"holds (beats the grid by {100 * (1 - r):.1f} %)"
+    if r <= 1.01:
+        return f"holds (matches the grid within {100 * (r - 1):.1f} %)"
+    return f"does not hold ({100 * (r - 1):.0f} % slower than the grid)"
 
 
 def report_a(r):
     lines = [
-        "## (a) 3 variables: gradient vs brute-force grid",
+        "## (a) 3 parameters: gradient vs brute-force grid",
         "",
-        "Case 1: 3 x 3 signed INV (I + 0.95 R), variables: per-column scaling (3 parameters, "
-        "one redundant with the normalisation max|AD| = max|A|). Case 2: 3 x 3 INV "
-        "I - 0.49 (shift up + down), variables: the GBW of the three main amplifiers, power "
-        "budget = the initial design's (inverters fixed). Single-pole op-amps at 100 MHz. "
-        "Grid: every parameter on a uniform grid over [-2.5, 2.5] of the unconstrained "
-        "parameter (d_j in [1/10, 10]; GBW in its bounds, then the budget projection), each "
-        "point a true exact-propagator transient. Gradient: Adam (lr 0.1), 30 steps from "
-        "each of 4 starts (the naive design and 3 uniform draws of the unconstrained "
-        "parameters in [-2, 2]), the run with the lowest final loss kept; 'single start' is "
-        "the run from the naive design alone.",
+        "Single-pole op-amps at 100 MHz, rhs b fixed. Variables: the per-column scaling "
+        "(3 parameters, one redundant with the normalisation max|AD| = max|A|), or the GBW of "
+        "the three main amplifiers at the initial design's power (inverters fixed). Objective: "
+        "the true settling time (exact-propagator transient), or, robust cases, its 0.9 "
+        "quantile over 16 fixed draws of 2 % conductance variation (the same draws for the "
+        "grid and the gradient's surrogate). Grid: every unconstrained parameter on "
+        "a uniform grid over [-2.5, 2.5] (d_j in [1/10, 10] before normalisation; GBW in "
+        "its bounds, then the budget projection), the objective at each point. Gradient: "
+        f"`design_multistart`, {r['starts']} starts (the naive design, then a Latin hypercube "
+        f"of the unconstrained parameters in [-2, 2]), {r['steps']} Adam steps each (lr 0.1, "
+        "cosine decay to 0.005) on the smooth surrogate, the run with the lowest surrogate "
+        "loss kept; 'single start': the run from the naive design alone. Sims: objective "
+        "(grid) or loss-and-gradient (gradient) evaluations, times 16 for robust cases.",
         "",
         "| case | initial (ns) | gradient, single start (ns) | gradient (ns) | grid (ns) | "
         "grid optimum's worst neighbour (ns) | sims gradient / grid | wall gradient / grid "
-        "(s) | ngspice initial / gradient (ns) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(s) | ngspice initial / gradient / grid (ns) | (a) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for i, x in enumerate(r["cases"]):
+    for x in r["cases"]:
+        mult = x["sims_per_evaluation"]
         lines.append(
-            f"| {i + 1}: {x['variable']} | {ns(x['initial_s'])} | "
+            f"| {x['label']}: {x['title']} | {ns(x['initial_s'])} | "
             f"{ns(x['gradient_single_start_s'])} | {ns(x['gradient_s'])} | "
-            f"{ns(x['grid_s'])} | {ns(x.get('grid_neighbour_worst_s'))} | "
-            f"{x['gradient_sims']} / {x['grid_sims']} | "
+            f"{ns(x['grid_s'])} | {ns(x['grid_neighbour_worst_s'])} | "
+            f"{x['gradient_sims'] * mult} / {x['grid_sims'] * mult} | "
             f"{x['gradient_wall_s']:.1f} / {x['grid_wall_s']:.1f} | "
-            f"{ns(x['spice_initial_s'])} / {ns(x['spice_gradient_s'])} |"
-        )
-    lines.append("")
-    for i, x in enumerate(r["cases"]):
-        lines.append(
-            f"Case {i + 1} values: gradient {np.round(x['gradient_values'], 4).tolist()}, grid "
-            f"{np.round(x['grid_values'], 4).tolist()}."
+            f"{ns(x['spice_initial_s']) if x['spice_initial_s'] else '-'} / "
+            f"{ns(x['spice_gradient_s'])} / {ns(x['spice_grid_s'])} | {_verdict(x)} |"
         )
     lines += [
         "",
-        "The grid's optima here are isolated needles (the worst grid neighbour of each "
-        "settles far slower, or not within twice the nominal t_max: inf), most likely where a "
-        "mode's amplitude at the outputs cancels for this right-hand side (not verified). The "
-        "gradient does not find them from these starts; its designs are smooth local optima "
-        "that improve on the naive design at a fraction of the grid's simulations (ngspice "
-        "agrees to 0.1 ns). Gradient wall time includes compilation; the grid's is one "
+        "Robust cases: the ngspice column is the same 0.9 quantile over the same 16 perturbed "
+        "instances, each simulated by ngspice.",
+        "",
+        "**Diagnosis** (is the grid optimum genuine, and which does the surrogate prefer?):",
+        "",
+        "| case | surrogate loss at gradient / grid optimum | grid points within 10 % of the "
+        "grid optimum | width within 10 % along each axis (of +-0.5, unconstrained units) | "
+        "fresh draws p95: gradient / grid (ns) | slowest mode's amplitude at the outputs "
+        "(of full scale): initial / gradient / grid |",
+        "|---|---|---|---|---|---|",
+    ]
+    for x in r["cases"]:
+        lines.append(
+            f"| {x['label']} | {x['loss_gradient']:.3f} / {x['loss_grid']:.3f} | "
+            f"{100 * x['grid_fraction_within_10pct']:.2f} % | "
+            f"{', '.join(f'{w:.2f}' for w in x['grid_width_within_10pct'])} | "
+            f"{ns(x['fresh_p95_gradient_s'])} / {ns(x['fresh_p95_grid_s'])} "
+            f"({100 * x['fresh_sigma']:.0f} %) | "
+            f"{x['slow_mode_amplitude_initial']:.1e} / {x['slow_mode_amplitude_gradient']:.1e} "
+            f"/ {x['slow_mode_amplitude_grid']:.1e} |"
+        )
+    lines.append("")
+    for x in r["cases"]:
+        lines.append(
+            f"Case {x['label']} values: gradient {np.round(x['gradient_values'], 4).tolist()}, "
+            f"grid {np.round(x['grid_values'], 4).tolist()}."
+        )
+    lines.append("")
+    cs = r["cases"]
+    nom = [x for x in cs if not x["robust"]]
+    rob = [x for x in cs if x["robust"]]
+
+    def labels(xs):
+        return ", ".join(x["label"] for x in xs) if xs else "none"
+
+    prefers_grid = [x for x in cs if x["loss_grid"] < x["loss_gradient"]]
+    reach = [
+        f"case {x['label']}: {sum(t <= 1.02 * x['grid_s'] for t in x['near_grid_starts_s'])}/8 "
+        f"(best {ns(min(x['near_grid_starts_s']))} ns vs the grid's {ns(x['grid_s'])} ns)"
+        for x in nom
+    ]
+    holds = [x for x in cs if x["gradient_s"] <= 1.01 * x["grid_s"]]
+    cancel = [
+        x for x in nom if x["slow_mode_amplitude_grid"] < 0.1 * x["slow_mode_amplitude_initial"]
+    ]
+    fragile = [x for x in nom if x["fresh_p95_grid_s"] > 1.5 * x["grid_s"]]
+    grad_cancel = [
+        x for x in nom if x["slow_mode_amplitude_gradient"] < 0.1 * x["slow_mode_amplitude_initial"]
+    ]
+    fails = [x for x in cs if x["gradient_s"] > 1.01 * x["grid_s"]]
+    lines += [
+        "**Findings.**",
+        "",
+        "- *The nominal grid optima are genuine minima of the settling time, not artefacts "
+        "of its discontinuity.* On a fine line through each (101 points over +-0.5 of every "
+        "unconstrained parameter) the settling time falls continuously into a notch; the set "
+        "within 10 % of the optimum is as narrow as "
+        + ", ".join(f"{min(x['grid_width_within_10pct']):.2f}" for x in nom)
+        + f" (cases {labels(nom)}) along the narrowest axis. In cases {labels(cancel)} the "
+        "notch is a cancellation: the slowest mode's amplitude at the outputs is "
+        + ", ".join(f"{x['slow_mode_amplitude_grid']:.1e}" for x in cancel)
+        + " of full scale at the grid optimum against "
+        + ", ".join(f"{x['slow_mode_amplitude_initial']:.1e}" for x in cancel)
+        + " in the initial design (diagnosis table), so the faster modes set the settling "
+        "time; near the cancellation the settling time goes as log|amplitude| / decay rate. "
+        f"Such designs are fragile (cases {labels(fragile)}): under fresh 1 % conductance "
+        "variation the grid design's p95 settling time is "
+        + ", ".join(f"{ns(x['fresh_p95_grid_s'])}" for x in fragile)
+        + " ns against "
+        + ", ".join(f"{ns(x['grid_s'])}" for x in fragile)
+        + " ns nominal."
+        + "".join(
+            f" In case {x['label']} the slowest mode's amplitude is reduced but not "
+            f"cancelled ({x['slow_mode_amplitude_grid']:.1e} against "
+            f"{x['slow_mode_amplitude_initial']:.1e} initially), and under 1 % variation "
+            f"its p95 is {ns(x['fresh_p95_grid_s'])} ns."
+            for x in nom
+            if x not in cancel
+        ),
+        "- *The surrogate tracks the true settling time there*: along those lines (all "
+        "cases) the surrogate settling time deviates from the true one by at most "
+        f"{100 * max(x['surrogate_line_rel_dev_median'] for x in cs):.1f} % (median per "
+        f"case) and {100 * max(x['surrogate_line_rel_dev_p90'] for x in cs):.1f} % (90th "
+        "percentile per case). Its loss is "
+        f"lower at the grid optimum than at the gradient's in cases {labels(prefers_grid)}: "
+        "there the surrogate prefers the grid's design, so the gradient loses because the "
+        "optimizer is local, not because the surrogate misleads it. The grid optima's "
+        "basins of attraction are small: of 8 gradient runs started within +-0.25 (unconstrained "
+        "units) of the grid optimum, the number ending within 2 % of it is "
+        + "; ".join(reach)
+        + ".",
+        "- *Optimizer fix*: `design_multistart` (the naive design plus a Latin hypercube of "
+        f"{r['starts'] - 1} starts) with a cosine-decayed learning rate, instead of the "
+        "previous 4 starts at a constant rate 0.1 (which gave 38.6 ns and 108.3 ns in cases "
+        "1 and 2, the same as the single start here), at "
+        f"{100 * cs[0]['gradient_sims'] / cs[0]['grid_sims']:.0f} % of the grid's "
+        "simulations. It brings the nominal cases much closer to the grid and finds "
+        f"cancellation designs itself in cases {labels(grad_cancel)} (the slowest mode's "
+        "amplitude at the gradient optimum, diagnosis table)"
+        + (f", but not the grid's notches in cases {labels(fails)}." if fails else "."),
+        f"- *Verdict, per case*: (a) holds in cases {labels(holds)}; it does not hold in "
+        f"cases {labels(fails)} (table, last column). The robust cases (cases "
+        f"{labels(rob)}: the 0.9 quantile over device variation) are where the claim is "
+        "meaningful: variation washes out the cancellation notches, the landscape is broad "
+        "(within 10 % of the optimum: "
+        + ", ".join(f"{100 * x['grid_fraction_within_10pct']:.1f} %" for x in rob)
+        + " of the grid points, widths "
+        + ", ".join(f"{min(x['grid_width_within_10pct']):.2f}" for x in rob)
+        + " along the narrowest axis), and there the gradient matches or beats the grid at "
+        "a fraction of its simulations; ngspice agrees. In the nominal cases a grid can land "
+        "on a cancellation notch that a multi-start local method finds only by chance, and "
+        "whose advantage does not survive 1 % device variation.",
+        "",
+        "Every design in the table is confirmed by ngspice (nominal: its settling time; "
+        "robust: the same quantile over the same 16 perturbed instances). Gradient wall time "
+        "includes compilation (case 3 reuses case 1's compiled step); the grid's is one "
         "compiled batched call.",
         "",
     ]

@@ -37,11 +37,14 @@ def lap():
     return _circuit(laplacian_1d(N, off=-0.45), random_vector(N, 0))
 
 
+# Any optax transformation: here Adam behind gradient clipping (one object, so that every
+# run on `lap` shares one compiled step).
+OPT = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(0.05))
+
+
 @pytest.fixture(scope="module")
 def designed(lap):
-    # Any optax transformation: here Adam behind gradient clipping.
-    opt = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(0.05))
-    return D.design(lap, objective=OBJ, optimizer=opt, steps=40, eval_steps=1024)
+    return D.design(lap, objective=OBJ, optimizer=OPT, steps=40, eval_steps=1024)
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,6 +184,39 @@ def test_design_beats_initial_at_equal_power(lap, designed):
     # Precision is not bought with speed: the equilibrium error stays the finite-gain one.
     assert res.optimized_metrics["rel_error_steady"] < 2 * res.initial_metrics["rel_error_steady"]
     assert res.optimized_metrics["energy_j"] < res.initial_metrics["energy_j"]
+
+
+def test_multistart(lap, designed):
+    """`design_multistart`: run 0 is `design` from the circuit (the `designed` fixture, same
+    options, deterministic), the winner is the lowest loss over all runs, evaluations add up,
+    and the other starts form a Latin hypercube of the unconstrained parameters."""
+    res = D.design_multistart(
+        lap, starts=3, spread=1.5, seed=1, objective=OBJ, optimizer=OPT, steps=40
+    )
+    assert res.n_loss_evals == 3 * 41
+    best = res.history[res.best_step]
+    assert best <= designed.history[designed.best_step]
+    # The returned parameters are the winner's: their loss is the reported one (same
+    # compiled loss, so to roundoff), and the metrics are a transient of that design.
+    loss = float(eqx.filter_jit(D.DesignProblem.loss)(res.problem, res.params))
+    np.testing.assert_allclose(loss, best, rtol=1e-9)
+    m = D.evaluate(res.optimized, n_steps=1024)
+    assert res.optimized_metrics["settling_time_s"] == m["settling_time_s"]
+    assert res.initial_metrics["settling_time_s"] == designed.initial_metrics["settling_time_s"]
+    # Latin hypercube: every coordinate's k values fall one in each of k equal strata.
+    k, spread = 5, 1.5
+    starts = D._latin_starts(res.problem.init_params(), k, spread, seed=1)
+    for name in starts[0]:
+        v = np.stack([np.ravel(s[name]) for s in starts])  # (k, coordinates)
+        assert np.all(np.abs(v) <= spread)
+        strata = np.floor((v + spread) / (2 * spread) * k).astype(int)
+        assert np.all(np.sort(strata, axis=0) == np.arange(k)[:, None]), name
+    with pytest.raises(ValueError, match="`starts` must be an int >= 1"):
+        D.design_multistart(lap, starts=0)
+    with pytest.raises(ValueError, match="`spread` must be"):
+        D.design_multistart(lap, spread=-1.0)
+    with pytest.raises(ValueError, match="`init`"):
+        D.design_multistart(lap, init={})
 
 
 def test_export_reloads_and_ngspice_confirms(designed, tmp_path, ngspice):
