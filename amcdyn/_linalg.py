@@ -74,67 +74,96 @@ _UNROLL = 16
 _STAGES = 4
 
 
-def _stage_unrolled(blk):
-    """One elimination step on `blk` (m, w): (the trailing block (m-1, w-1), the pivot row)."""
+def _stage_unrolled(blk, rhs):
+    """One elimination step on `blk` (m, w) and `rhs` (m, k): (the trailing block (m-1, w-1),
+    the updated right-hand side (m-1, k), the pivot row of each (1, w), (1, k))."""
     m = blk.shape[0]
     j = jnp.argmax(jnp.abs(blk[:, 0]))
     row = jax.lax.dynamic_index_in_dim(blk, j, 0, keepdims=False)
+    rrow = jax.lax.dynamic_index_in_dim(rhs, j, 0, keepdims=False)
     if m == 1:
-        return blk[:0, 1:], row[None, :]
+        return blk[:0, 1:], rhs[:0], row[None, :], rrow[None, :]
     # The pivot row leaves the block; row 0 takes its place.
-    rest = jnp.where((jnp.arange(1, m) == j)[:, None], blk[0][None, :], blk[1:])
+    sel = (jnp.arange(1, m) == j)[:, None]
+    rest = jnp.where(sel, blk[0][None, :], blk[1:])
+    rrest = jnp.where(sel, rhs[0][None, :], rhs[1:])
     pivot = row[0]
     l_col = rest[:, 0] / jnp.where(pivot != 0, pivot, 1)
-    return rest[:, 1:] - l_col[:, None] * row[None, 1:], row[None, :]
+    return (
+        rest[:, 1:] - l_col[:, None] * row[None, 1:],
+        rrest - l_col[:, None] * rrow[None, :],
+        row[None, :],
+        rrow[None, :],
+    )
 
 
-def _stage_loop(blk, steps):
-    """`steps` elimination steps on `blk` (m, w) in a `fori_loop` (rows are masked, not moved),
-    then the remaining rows compacted: (trailing block (m-steps, w-steps), pivot rows)."""
+def _stage_loop(blk, rhs, steps):
+    """`steps` elimination steps on `blk` (m, w) and `rhs` (m, k) in a `fori_loop` (rows are
+    masked, not moved), then the remaining rows compacted: (trailing block (m-steps, w-steps),
+    its right-hand side, the pivot rows of each)."""
     m, w = blk.shape
     ridx = jnp.arange(m)
     cidx = jnp.arange(w)
 
     def body(t, carry):
-        blk, free, rows = carry
+        blk, rhs, free, rows, rrows = carry
         col = jax.lax.dynamic_index_in_dim(blk, t, 1, keepdims=False)
         j = jnp.argmax(jnp.where(free, jnp.abs(col), -1))
         row = jax.lax.dynamic_index_in_dim(blk, j, 0, keepdims=False)
+        rrow = jax.lax.dynamic_index_in_dim(rhs, j, 0, keepdims=False)
         free = free & (ridx != j)
         pivot = row[t]
         l_col = jnp.where(free, col / jnp.where(pivot != 0, pivot, 1), 0)
         blk = blk - l_col[:, None] * jnp.where(cidx > t, row, 0)[None, :]
+        rhs = rhs - l_col[:, None] * rrow[None, :]
         rows = jax.lax.dynamic_update_index_in_dim(rows, row, t, 0)
-        return blk, free, rows
+        rrows = jax.lax.dynamic_update_index_in_dim(rrows, rrow, t, 0)
+        return blk, rhs, free, rows, rrows
 
-    init = (blk, jnp.ones(m, bool), jnp.zeros((steps, w), blk.dtype))
-    blk, free, rows = jax.lax.fori_loop(0, steps, body, init)
+    init = (
+        blk,
+        rhs,
+        jnp.ones(m, bool),
+        jnp.zeros((steps, w), blk.dtype),
+        jnp.zeros((steps, rhs.shape[1]), rhs.dtype),
+    )
+    blk, rhs, free, rows, rrows = jax.lax.fori_loop(0, steps, body, init)
     keep = jnp.argsort(~free, stable=True)[: m - steps]
-    return jnp.take(blk, keep, axis=0)[:, steps:], rows
+    return jnp.take(blk, keep, axis=0)[:, steps:], jnp.take(rhs, keep, axis=0), rows, rrows
 
 
 def _eliminate(a: Float[Array, "n n"], rhs: Float[Array, "n k"]) -> Float[Array, "n k"]:
     r"""$A^{-1}$ `rhs` by Gaussian elimination with partial pivoting on $[A \mid$ `rhs`$]$,
-    then back substitution."""
+    then back substitution. The matrix and the right-hand side are kept apart, so that the
+    result is visibly linear in `rhs` (pivots and multipliers come from `a` alone): JAX can
+    then transpose a solve whose right-hand side is a tangent (reverse mode through the
+    eigenvector derivative of the analytic path)."""
     n = a.shape[-1]
     dtype = jnp.result_type(a, rhs)
-    blk = jnp.concatenate([a.astype(dtype), rhs.astype(dtype)], axis=1)
+    shape = rhs.shape
+    blk, rhs = a.astype(dtype), rhs.astype(dtype)
     size = 1 if n <= _UNROLL else -(-n // _STAGES)
-    rows = []
+    rows, rrows = [], []
     for start in range(0, n, size):
         steps = min(size, n - start)
-        blk, r = _stage_unrolled(blk) if steps == 1 else _stage_loop(blk, steps)
+        if steps == 1:
+            blk, rhs, r, rr = _stage_unrolled(blk, rhs)
+        else:
+            blk, rhs, r, rr = _stage_loop(blk, rhs, steps)
         rows.append(jnp.pad(r, ((0, 0), (start, 0))))
-    u = jnp.concatenate(rows, axis=0)  # row i: U[i, i:] then the transformed right-hand side
+        rrows.append(rr)
+    u = jnp.concatenate(rows, axis=0)  # row i: U[i, i:] (zeros before)
+    c = jnp.concatenate(rrows, axis=0)  # the transformed right-hand side
     cidx = jnp.arange(n)
 
     def backward(j, x):
         i = n - 1 - j
         r = jax.lax.dynamic_index_in_dim(u, i, 0, keepdims=False)
-        upper = jnp.where(cidx > i, r[:n], 0)
-        return jax.lax.dynamic_update_index_in_dim(x, (r[n:] - upper @ x) / r[i], i, 0)
+        ci = jax.lax.dynamic_index_in_dim(c, i, 0, keepdims=False)
+        upper = jnp.where(cidx > i, r, 0)
+        return jax.lax.dynamic_update_index_in_dim(x, (ci - upper @ x) / r[i], i, 0)
 
-    return jax.lax.fori_loop(0, n, backward, jnp.zeros(rhs.shape, dtype))
+    return jax.lax.fori_loop(0, n, backward, jnp.zeros(shape, dtype))
 
 
 def _solve(a, b):

@@ -31,6 +31,17 @@ def test_solve_complex():
         np.testing.assert_allclose(np.asarray(solve(a, b)), np.linalg.solve(a, b), atol=tol)
 
 
+@pytest.mark.parametrize("n", [4, 20])
+def test_solve_is_linear_in_rhs(n):
+    # Reverse mode through a solve whose right-hand side is a tangent (the analytic path's
+    # eigenvector derivative) needs JAX to see it as linear in b: its transpose is A^-T.
+    rng = np.random.default_rng(n)
+    a = rng.normal(size=(n, n)) + n * np.eye(n)
+    ct = rng.normal(size=(n, 2))
+    (got,) = jax.linear_transpose(lambda b: solve(a, b), np.zeros((n, 2)))(ct)
+    np.testing.assert_allclose(np.asarray(got), np.linalg.solve(a.T, ct), atol=1e-12)
+
+
 def test_solve_needs_pivoting():
     a = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
     np.testing.assert_allclose(np.asarray(solve(a, np.array([2.0, 3.0, 4.0]))), [3.0, 2.0, 2.0])
