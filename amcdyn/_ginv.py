@@ -384,8 +384,9 @@ def _sizes(a, mode):
     return (p, q) if mode == "left" else (q, p)  # (n1 TIAs, n2 second-stage op-amps)
 
 
-def _dynamics(circuit, g_lambda, w_bank, v_bank) -> _GINVDynamics:
-    """The loop's ODE for a GINV/Ridge circuit (see the module docstring)."""
+def _arrays(circuit, v_bank):
+    """(B+, B-, C+, C-, I1, I2): array 1 and array 2 as seen by the TIAs, both `(n1, n2)` (S),
+    and the input currents into the TIA and second-stage summing nodes (A)."""
     # Array 2 is a physically separate copy of A (its own devices): `g_pos_2`/`g_neg_2` when
     # given (programmed independently, e.g. by Monte Carlo or a macro), else array 1's values.
     gp2 = circuit.g_pos if circuit.g_pos_2 is None else circuit.g_pos_2
@@ -404,6 +405,13 @@ def _dynamics(circuit, g_lambda, w_bank, v_bank) -> _GINVDynamics:
     if v_bank == "none":
         bn = jnp.zeros_like(bn)  # unsigned (a non-negative matrix): no negative arrays
         cn = jnp.zeros_like(cn)
+    return bp, bn, cp, cn, i1, i2
+
+
+def _dynamics(circuit, g_lambda, w_bank, v_bank) -> _GINVDynamics:
+    """The loop's ODE for a GINV/Ridge circuit (see the module docstring)."""
+    bp, bn, cp, cn, i1, i2 = _arrays(circuit, v_bank)
+    n1, n2 = bp.shape
     if circuit.inverters == "differential":
         # B- (and G_lambda) sit on the op-amp's other input; a conductance to ground balances
         # the two inputs to the larger total, so v+ - v- = (sum of signed currents) / D.
@@ -458,6 +466,62 @@ def _power(circuit, w_bank, v_bank):
     p = p + jnp.sum(jnp.broadcast_to(circuit.amp.power(), (n2,)))
     n_inv = (n2 if w_bank == "opamp" else 0) + (n1 if v_bank == "opamp" else 0)
     return p + n_inv * circuit.inverter.power()
+
+
+def _device_power(g, x, u, gx):
+    # sum_ij g_ij (x_j - u_i)^2 (W) for devices between nodes u_i and drives x_j, expanded so
+    # that the cost is the matvec gx = g @ x that the node voltage needs anyway.
+    p = jnp.sum(jnp.sum(g, axis=0) * x * x) - 2 * jnp.sum(u * gx)
+    return p + jnp.sum(jnp.sum(g, axis=1) * u * u)
+
+
+def _resistive_power(circuit, g_lambda, w_bank, v_bank, y):
+    """Power (W) in every resistor of the GINV/Ridge loop at state `y` (V): both arrays, the
+    TIA feedback $G_f$, the ridge conductances $G_\\lambda$, the balance conductances of the
+    differential wiring and the op-amp inverters' two resistors. The summing nodes follow
+    from KCL with the op-amp outputs given (the op-amp inputs draw no current), not from the
+    virtual-ground approximation. The input current sources' own power is not counted. The
+    element list is that of `amcdyn._spice_ginv.netlist`."""
+    dyn = circuit.dynamics()
+    if jnp.shape(y) != (dyn.n_states,):
+        raise ValueError(f"`y` must have shape ({dyn.n_states},) (the state), got {jnp.shape(y)}")
+    bp, bn, cp, cn, i1, i2 = _arrays(circuit, v_bank)
+    v, w, wbar, vbar = dyn._unpack(y)
+    g_f, g_inv = circuit.g_f, circuit.g_inv
+    if circuit.inverters == "differential":
+        # B- on each op-amp's other input (TIA: `rp`, second stage: `sm`); a conductance to
+        # ground brings both inputs to the same total D = max(D+, D-).
+        pos1, neg1 = jnp.sum(bp, axis=1) + g_f, jnp.sum(bn, axis=1)
+        d1 = jnp.maximum(pos1, neg1)
+        bw, nw = bp @ w, bn @ w
+        r, rp = (bw + g_f * v + i1) / d1, nw / d1
+        p = _device_power(bp, w, r, bw) + _device_power(bn, w, rp, nw)
+        p = p + jnp.sum(g_f * (v - r) ** 2)
+        p = p + jnp.sum((d1 - pos1) * r**2) + jnp.sum((d1 - neg1) * rp**2)
+        pos2, neg2 = jnp.sum(cp, axis=0), jnp.sum(cn, axis=0) + g_lambda
+        d2 = jnp.maximum(pos2, neg2)
+        cv, nv = cp.T @ v, cn.T @ v
+        s, sm = (cv + i2) / d2, (nv + g_lambda * w) / d2
+        p = p + _device_power(cp.T, v, s, cv) + _device_power(cn.T, v, sm, nv)
+        p = p + jnp.sum(g_lambda * (w - sm) ** 2)
+        return p + jnp.sum((d2 - pos2) * s**2) + jnp.sum((d2 - neg2) * sm**2)
+    # Single-ended: B- and G_lambda driven by the inverted copies (absent: zero conductance).
+    wbar = jnp.zeros_like(w) if wbar is None else wbar
+    vbar = jnp.zeros_like(v) if vbar is None else vbar
+    bw, nw = bp @ w, bn @ wbar
+    r = (bw + nw + g_f * v + i1) / (jnp.sum(bp + bn, axis=1) + g_f)
+    p = _device_power(bp, w, r, bw) + _device_power(bn, wbar, r, nw)
+    p = p + jnp.sum(g_f * (v - r) ** 2)
+    cv, nv = cp.T @ v, cn.T @ vbar
+    s = (cv + nv + g_lambda * wbar + i2) / (jnp.sum(cp + cn, axis=0) + g_lambda)
+    p = p + _device_power(cp.T, v, s, cv) + _device_power(cn.T, vbar, s, nv)
+    p = p + jnp.sum(g_lambda * (wbar - s) ** 2)
+    # An op-amp inverter's summing node sits at (x + xbar)/2: g_inv (x - xbar)^2 / 2 in all.
+    if w_bank == "opamp":
+        p = p + jnp.sum(g_inv * (w - wbar) ** 2) / 2
+    if v_bank == "opamp":
+        p = p + jnp.sum(g_inv * (v - vbar) ** 2) / 2
+    return p
 
 
 def _regularized_solution(a, b, lam, mode):
@@ -601,6 +665,27 @@ class GINV(AbstractCircuit):
         differential sign handling draws nothing extra)."""
         return _power(self, *self._banks())
 
+    def resistive_power(self, y: Float[Array, " states"]) -> Float[Array, ""]:
+        r"""Power dissipated in the resistive network (W) at state `y` (V): every device of
+        both arrays, the TIA feedback conductances $G_f$, the balance conductances of the
+        differential wiring and the op-amp inverters' two resistors $1/G_\mathrm{inv}$.
+
+        The summing nodes follow from KCL with the op-amp outputs of `y` given (not the
+        virtual-ground approximation, which fails during the transient): TIA node
+        $r_i = (\sum_j B^+_{ij} w_j + B^-_{ij}\bar w_j + G_{f,i} v_i + I_{1,i})/D_{1,i}$,
+        second-stage node $s_j$ likewise; device $(i, j)$ dissipates
+        $B^\pm_{ij}(x_j - r_i)^2$, and an inverter $G_\mathrm{inv}(x - \bar x)^2/2$ (its node
+        sits at $(x + \bar x)/2$). The input current sources' own power is not counted.
+        Quadratic in `y`.
+
+        **Arguments:**
+
+        - `y`: the state (V), in the order of [`amcdyn.GINV.dynamics`][].
+
+        **Returns:** the power (W), a scalar.
+        """
+        return _resistive_power(self, jnp.zeros((), self.g_pos.dtype), *self._banks(), y)
+
 
 class Ridge(AbstractCircuit):
     r"""Ridge regression / MMSE in one step: the outputs settle to
@@ -724,3 +809,16 @@ class Ridge(AbstractCircuit):
         """Static power of all op-amps (W): TIAs, second stage and real inverters (ideal and
         differential sign handling draws nothing extra)."""
         return _power(self, *self._banks())
+
+    def resistive_power(self, y: Float[Array, " states"]) -> Float[Array, ""]:
+        r"""Power dissipated in the resistive network (W) at state `y` (V): as
+        [`amcdyn.GINV.resistive_power`][], plus the ridge conductances $G_\lambda$ (from
+        $\bar w_j$ into $s_j$, or from $w_j$ into the other input for the differential wiring).
+
+        **Arguments:**
+
+        - `y`: the state (V), in the order of [`amcdyn.Ridge.dynamics`][].
+
+        **Returns:** the power (W), a scalar.
+        """
+        return _resistive_power(self, self.g_lambda, *self._banks(), y)
