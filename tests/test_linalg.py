@@ -8,7 +8,7 @@ import pytest
 from amcdyn._linalg import solve
 
 
-# 16/17: the last fully unrolled size and the first staged one; 33: uneven stages.
+# 1, 2, 7: one loop; 16: unrolled (the largest); 17: staged (the smallest); 33: uneven stages.
 @pytest.mark.parametrize("n", [1, 2, 7, 16, 17, 33])
 def test_solve_matches_numpy(n):
     rng = np.random.default_rng(n)
