@@ -45,7 +45,6 @@ that reuses the compiled steps, with the progress line and the resumable `.npz` 
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -71,15 +70,12 @@ from ._devices import AbstractDeviceStage, ConductanceWindow, Programming
 from ._linalg import solve
 from ._mc import describe
 from ._montecarlo import (
-    _FORMAT,
     _MAX_SAMPLES,
     MCResult,
     _check_count,
     _check_key,
     _check_out,
-    _fingerprint,
-    _key_info,
-    _load,
+    _open_store,
     _Progress,
     _save,
 )
@@ -461,18 +457,7 @@ def hpinv_monte_carlo(
         config = json.loads(json.dumps(config, sort_keys=True, allow_nan=False))
     except (TypeError, ValueError) as e:
         raise ValueError(f"`hpinv_kwargs` must be JSON-describable options: {e}") from e
-    done = {name: np.zeros((n_samples,), dtype) for name, dtype in _MC_FIELDS.items()}
-    ident = {
-        "config": config,
-        "n_samples": n_samples,
-        "key": _key_info(key),
-        "fields": [[name, dtype] for name, dtype in _MC_FIELDS.items()],
-    }
-    fingerprint = _fingerprint(ident)
-    meta = {"format": _FORMAT, "fingerprint": fingerprint, "ident": ident}
-    n_done = 0
-    if out is not None and os.path.exists(out):
-        n_done = _load(out, ident, fingerprint, done)
+    done, meta, n_done = _open_store(out, config, n_samples, key, _MC_FIELDS)
     n_resumed = n_done
 
     writer = out is not None and jax.process_index() == 0

@@ -411,6 +411,25 @@ def _save(out: str, meta: dict, done: dict[str, np.ndarray], n_done: int) -> Non
 # Progress
 
 
+def _open_store(out, config, n_samples, key, fields):
+    """The per-sample arrays of a run, its identity (`meta`: format, fingerprint, ident) and
+    the number of samples already done (resumed from `out` if it exists; a file of another
+    run is refused by `_load`)."""
+    done = {name: np.empty((n_samples,), dtype) for name, dtype in fields.items()}
+    ident = {
+        "config": config,
+        "n_samples": n_samples,
+        "key": _key_info(key),
+        "fields": [[name, dtype] for name, dtype in fields.items()],
+    }
+    fingerprint = _fingerprint(ident)
+    meta = {"format": _FORMAT, "fingerprint": fingerprint, "ident": ident}
+    n_done = 0
+    if out is not None and os.path.exists(out):
+        n_done = _load(out, ident, fingerprint, done)
+    return done, meta, n_done
+
+
 def _fmt_rate(rate: float) -> str:
     """Samples per second with enough digits for slow runs (HP-INV: < 1 sample/s)."""
     if not math.isfinite(rate) or rate >= 100:
@@ -625,18 +644,7 @@ def monte_carlo(
         raise ValueError(f"`config` must be JSON-serializable (finite numbers): {e}") from e
 
     fields = _check_fields(jax.eval_shape(_per_sample(sample_fn), key))
-    done = {name: np.empty((n_samples,), dtype) for name, dtype in fields.items()}
-    ident = {
-        "config": config,
-        "n_samples": n_samples,
-        "key": _key_info(key),
-        "fields": [[name, dtype] for name, dtype in fields.items()],
-    }
-    fingerprint = _fingerprint(ident)
-    meta = {"format": _FORMAT, "fingerprint": fingerprint, "ident": ident}
-    n_done = 0
-    if out is not None and os.path.exists(out):
-        n_done = _load(out, ident, fingerprint, done)
+    done, meta, n_done = _open_store(out, config, n_samples, key, fields)
     n_resumed = n_done
     stats: dict[str, Any] = {
         "chunk_size": 0,
