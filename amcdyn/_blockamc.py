@@ -215,7 +215,6 @@ class _Chain:
         programming,
         offset_sigma,
         key,
-        transient,
         hold=None,
     ):
         self.kwargs = kwargs
@@ -227,8 +226,9 @@ class _Chain:
         self.programming = programming
         self.offset_sigma = offset_sigma
         self.key = key
-        self.transient = transient
-        self.hold = hold  # a callable circuit -> held voltages, overriding `transient`
+        # What a step holds: a callable circuit -> voltages (e.g. its equilibrium), or None
+        # for the transient sampled as `sample` says.
+        self.hold = hold
         self.circuits: list = []
         self.array_ids: dict[str, int] = {}
         self.names: list[str] = []
@@ -254,10 +254,6 @@ class _Chain:
         self.circuits.append(circuit)
         if self.hold is not None:
             v = jnp.asarray(self.hold(circuit))
-            self.holds.append(v)
-            return v
-        if not self.transient:
-            v = _steady_outputs(circuit)
             self.holds.append(v)
             return v
         sol, v = _step(circuit, jnp.asarray(self.tol), self.n_steps, self.method)
@@ -469,7 +465,6 @@ def blockamc_solve(
         programming=programming,
         offset_sigma=offset_sigma,
         key=key,
-        transient=True,
     )
     a = jnp.asarray(a)
     b = jnp.asarray(b)
@@ -502,6 +497,23 @@ def blockamc_solve(
     return out
 
 
+def _held_chain(circuit_kwargs, g_max, hold, programming, offset_sigma, key) -> _Chain:
+    """A chain whose steps hold `hold(circuit)` instead of a sampled transient (the
+    method/tol/n_steps/sample fields are then unused)."""
+    return _Chain(
+        kwargs=circuit_kwargs,
+        g_max=g_max,
+        method="expm",
+        tol=1e-3,
+        n_steps=64,
+        sample="final",
+        programming=programming,
+        offset_sigma=offset_sigma,
+        key=key,
+        hold=hold,
+    )
+
+
 def blockamc_steady(
     a: Float[ArrayLike, "n n"],
     b: Float[ArrayLike, " n"],
@@ -521,18 +533,7 @@ def blockamc_steady(
     offset_sigma = _check_common(
         "expm", "final", 1e-3, 64, g_max, 0.0, programming, offset_sigma, key, circuit_kwargs
     )
-    chain = _Chain(
-        kwargs=circuit_kwargs,
-        g_max=g_max,
-        method="expm",
-        tol=1e-3,
-        n_steps=64,
-        sample="final",
-        programming=programming,
-        offset_sigma=offset_sigma,
-        key=key,
-        transient=False,
-    )
+    chain = _held_chain(circuit_kwargs, g_max, _steady_outputs, programming, offset_sigma, key)
     v_out, sign = chain.solve(jnp.asarray(a), jnp.asarray(b), stages, "A")
     return sign * v_out
 
@@ -572,19 +573,7 @@ def blockamc_step_circuits(
         hold = _steady_outputs
     elif not callable(hold):
         raise ValueError(f"`hold` must be a callable (circuit -> voltages) or None, got {hold!r}")
-    chain = _Chain(
-        kwargs=circuit_kwargs,
-        g_max=g_max,
-        method="expm",
-        tol=1e-3,
-        n_steps=64,
-        sample="final",
-        programming=None,
-        offset_sigma=None,
-        key=None,
-        transient=False,
-        hold=hold,
-    )
+    chain = _held_chain(circuit_kwargs, g_max, hold, None, None, None)
     chain.solve(jnp.asarray(a), jnp.asarray(b), stages, "A")
     return list(zip(chain.names, chain.circuits))
 
