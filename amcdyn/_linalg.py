@@ -9,7 +9,7 @@ We captured this with gdb (`jax::ParallelBatchMap` under `LuDecompositionKernel`
 releases compile that parallel path out. Circuits are small (n <= a few hundred), so an LU
 factorization with partial pivoting as a `fori_loop` of rank-1 updates costs little, vmaps into
 plain batched arithmetic, and runs the same on CPU, GPU and TPU. `solve` eliminates on the
-augmented matrix instead (no factors kept), unrolled for small systems.
+augmented matrix instead (no factors kept), unrolled for 12 <= n <= 16 (`_stage_size`).
 """
 
 import jax
