@@ -16,6 +16,7 @@ few dense products per circuit plus `n_steps` matrix-vector products, with no st
 and no rejected steps.
 """
 
+import functools
 import math
 
 import equinox as eqx
@@ -144,6 +145,42 @@ def _propagator_with_head(jac, h, ed0, quad):
     return phi, head
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _trajectory(phi, e0, n_steps):
+    """$e_k = \\Phi^k e_0$ for $k = 0..n$, shape `(n + 1, states)`: one matrix-vector product
+    per step.
+
+    Its JVP is written so that reverse mode stays cheap: the tangent obeys
+    $\\dot e_{k+1} = \\Phi \\dot e_k + \\dot\\Phi e_k$, and the terms $\\dot\\Phi e_k$ of all
+    steps are one matrix product outside the loop. Transposed, the loop is then a backward sweep of
+    products with $\\Phi^T$ alone, and $\\bar\\Phi = \\sum_k \\bar u_k e_k^T$ one product after it,
+    instead of a rank-one update of $\\bar\\Phi$ inside every step (measured on N = 16 under
+    vmap: the trajectory's gradient takes about half the time).
+    """
+
+    def step(e, _):
+        e_next = phi @ e
+        return e_next, e_next
+
+    _, traj = jax.lax.scan(step, e0, None, length=n_steps)
+    return jnp.concatenate([e0[None], traj], axis=0)
+
+
+@_trajectory.defjvp
+def _trajectory_jvp(n_steps, primals, tangents):
+    phi, e0 = primals
+    dphi, de0 = tangents
+    traj = _trajectory(phi, e0, n_steps)
+    drive = traj[:-1] @ dphi.T  # (n_steps, states): dPhi e_k for every step at once
+
+    def step(d, u):
+        d_next = phi @ d + u
+        return d_next, d_next
+
+    _, dtraj = jax.lax.scan(step, de0, drive)
+    return traj, jnp.concatenate([de0[None], dtraj], axis=0)
+
+
 def simulate_expm(
     circuit: AbstractCircuit,
     *,
@@ -254,12 +291,7 @@ def _simulate_expm(circuit, tol, t_max, n_steps, save, stability, throw):
     # The loop only propagates e (one matrix-vector product per step); everything else,
     # the derivatives J e included (one matrix product), is computed afterwards on the whole
     # trajectory at once: a few large operations instead of many small ones per step.
-    def step(e, _):
-        e_next = phi @ e
-        return e_next, e_next
-
-    _, traj_e = jax.lax.scan(step, e0, None, length=n_steps)
-    traj_e = jnp.concatenate([e0[None], traj_e], axis=0)  # (n_steps + 1, states)
+    traj_e = _trajectory(phi, e0, n_steps)  # (n_steps + 1, states)
     traj = jnp.stack([traj_e, traj_e @ jac.T], axis=2)  # (n_steps + 1, states, 2)
     ed_end = traj[-1]
     devs = jnp.max(jnp.abs(traj[:, :n_out, 0]), axis=1)
