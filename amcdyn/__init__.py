@@ -16,6 +16,14 @@ from ._circuits import (
     AbstractDynamics as AbstractDynamics,
 )
 from ._converters import ADC as ADC, DAC as DAC
+from ._cost import (
+    BlockAMCEnergy as BlockAMCEnergy,
+    CostModel as CostModel,
+    HardwareCost as HardwareCost,
+    blockamc_cost as blockamc_cost,
+    blockamc_energy as blockamc_energy,
+    inv_cost as inv_cost,
+)
 from ._cs import LASSO as LASSO, cs_problem as cs_problem, lasso_solution as lasso_solution
 from ._design import (
     DesignResult as DesignResult,

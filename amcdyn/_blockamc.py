@@ -62,9 +62,11 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._circuits import INV, MVM
+from ._cost import CostModel, blockamc_cost, blockamc_energy
 from ._devices import AbstractDeviceStage
 from ._linalg import solve
 from ._mc import _check_offset_sigma, _check_programming, perturb_circuit
+from ._opamp import OpAmp
 from ._propagator import expm_scaled, simulate_expm
 from ._simulate import simulate, simulate_analytic
 from ._solution import RESULTS, STATUS_NAMES, Solution
@@ -359,7 +361,17 @@ class BlockAMCSolution(eqx.Module):
                 }
                 for name, s in zip(self.step_names, self.steps)
             ],
+            **self._hardware_summary(),
         }
+
+    def _hardware_summary(self) -> dict:
+        # Area and counts of the hardware (`amcdyn.blockamc_cost`, default `CostModel`, op-amp
+        # inverters); absent when the blocks are unequal (n not divisible by 2**stages).
+        n = int(np.shape(self.solution)[-1])
+        if n % 2**self.stages:
+            return {}
+        hw = blockamc_cost(n, self.stages).summary()
+        return {"area_um2": hw.pop("area_um2"), "hardware": hw}
 
 
 def _check_common(
@@ -587,23 +599,34 @@ def compare_blockamc(
     stages: Sequence[int] = (0, 1, 2),
     programming: AbstractDeviceStage | None = None,
     offset_sigma: float | None = None,
+    cost: CostModel | None = None,
     **options,
 ) -> dict:
-    """Accuracy, time and energy of one big INV (`stages=0`) against BlockAMC (1, 2 stages)
-    on the same problem, under the same variation (`programming`, `offset_sigma`) and wire
-    resistance (`r_w` in `options`).
+    """Accuracy, time, energy and area of one big INV (`stages=0`) against BlockAMC (1, 2
+    stages) on the same problem, under the same variation (`programming`, `offset_sigma`) and
+    wire resistance (`r_w` in `options`).
 
     Sample $i$ uses the key `fold_in(key, i)` for every configuration (the arrays differ, so
     the draws do too, but the statistics are comparable). Configurations are run eagerly, one
     sample at a time (each step's compiled simulation is reused).
 
     **Arguments:** `a`, `b` as [`amcdyn.blockamc_solve`][]; `key`; `n_samples` (int >= 1);
-    `stages`: the configurations to compare; `programming`, `offset_sigma`; `**options`:
+    `stages`: the configurations to compare; `programming`, `offset_sigma`; `cost`: the unit
+    areas of the hardware model ([`amcdyn.CostModel`][], default its defaults); `**options`:
     anything else [`amcdyn.blockamc_solve`][] takes (`r_w`, `f_gbw`, `tol`, `method`, ...).
 
     **Returns:** a dict keyed by stages (`0`, `1`, `2`) of dicts of NumPy arrays over samples:
-    `rel_error`, `bits`, `time_s`, `energy_j`, `status`; plus `"median"`: for each
-    configuration the medians of `rel_error`, `time_s` and `energy_j`.
+    `rel_error`, `bits`, `time_s`, `energy_j` (the sum of the steps' `Solution.energy`),
+    `energy_active_j` and `energy_bank_j` ([`amcdyn.blockamc_energy`][] with
+    `powered="active"` / `"bank"`: the shared amplifier bank, idle amplifiers power-gated or
+    not), `status`; and, when $n$ is divisible by `2**stages`, `area_um2` (float) and
+    `hardware` (the counts, [`amcdyn.blockamc_cost`][]). `"median"`: for each configuration
+    the medians of `rel_error`, `time_s`, `energy_j`, `energy_active_j`, `energy_bank_j` (and
+    its `area_um2`). With `0` in `stages`, `"gains"`: for each other configuration, from the
+    medians, `area_saving` $1 - A/A_\\mathrm{INV}$, `area_efficiency_gain`
+    $A_\\mathrm{INV}/A - 1$ (same problem), `throughput_per_area_gain`
+    $A_\\mathrm{INV}T_\\mathrm{INV}/(A\\,T) - 1$, `energy_efficiency_gain_active` and
+    `energy_efficiency_gain_bank` $E_\\mathrm{INV}/E - 1$.
     """
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"`n_samples` must be an int >= 1, got {n_samples!r}")
@@ -611,9 +634,25 @@ def compare_blockamc(
         raise ValueError(f"`stages` must be a sequence of ints, got {stages!r}")
     for s in stages:
         check_problem(a, b, s)
+    if cost is not None and not isinstance(cost, CostModel):
+        raise ValueError(f"`cost` must be an amcdyn.CostModel or None, got {cost!r}")
+    n = int(np.shape(a)[0])
+    inverters = options.get("inverters", "opamp")
+    f_gbw = options.get("f_gbw", 1e8)
+    # One amplifier of the bank: the op-amp model of the steps (amcdyn.OpAmp power model).
+    power_kw = {k: options[k] for k in ("p_static", "k_gbw") if options.get(k) is not None}
+    amp_power = OpAmp(f_gbw=f_gbw, **power_kw).power()
     out: dict = {}
     for s in stages:
-        rows = {"rel_error": [], "bits": [], "time_s": [], "energy_j": [], "status": []}
+        rows = {
+            "rel_error": [],
+            "bits": [],
+            "time_s": [],
+            "energy_j": [],
+            "energy_active_j": [],
+            "energy_bank_j": [],
+            "status": [],
+        }
         for i in range(n_samples):
             sol = blockamc_solve(
                 a,
@@ -629,10 +668,41 @@ def compare_blockamc(
             rows["bits"].append(float(sol.bits))
             rows["time_s"].append(float(sol.settling_time))
             rows["energy_j"].append(float(sol.energy))
+            if n % 2**s == 0:
+                for powered in ("active", "bank"):
+                    e = blockamc_energy(
+                        sol, amp_power=amp_power, powered=powered, inverters=inverters
+                    )
+                    rows[f"energy_{powered}_j"].append(float(e.energy))
             rows["status"].append(sol.status)
         out[s] = {k: np.asarray(v) for k, v in rows.items()}
+        if n % 2**s == 0:
+            hw = blockamc_cost(n, s, cost=cost, f_gbw=f_gbw, inverters=inverters).summary()
+            out[s]["area_um2"] = hw.pop("area_um2")
+            out[s]["hardware"] = hw
+    keys = ("rel_error", "time_s", "energy_j", "energy_active_j", "energy_bank_j")
     out["median"] = {
-        s: {k: float(np.median(out[s][k])) for k in ("rel_error", "time_s", "energy_j")}
+        s: {k: float(np.median(out[s][k])) if len(out[s][k]) else float("nan") for k in keys}
         for s in stages
     }
+    for s in stages:
+        if "area_um2" in out[s]:
+            out["median"][s]["area_um2"] = out[s]["area_um2"]
+    if 0 in stages:
+        out["gains"] = {}
+        ref = out["median"][0]
+        for s in stages:
+            m = out["median"][s]
+            if s == 0 or "area_um2" not in m:
+                continue
+            out["gains"][s] = {
+                "area_saving": 1 - m["area_um2"] / ref["area_um2"],
+                "area_efficiency_gain": ref["area_um2"] / m["area_um2"] - 1,
+                "throughput_per_area_gain": ref["area_um2"]
+                * ref["time_s"]
+                / (m["area_um2"] * m["time_s"])
+                - 1,
+                "energy_efficiency_gain_active": ref["energy_active_j"] / m["energy_active_j"] - 1,
+                "energy_efficiency_gain_bank": ref["energy_bank_j"] / m["energy_bank_j"] - 1,
+            }
     return out
