@@ -13,7 +13,11 @@ res.summary()["optimized"]["settling_time_s"], res.export("design.json")
 The settling time has many local minima in the design variables (balanced modes, and narrow
 notches where a mode's amplitude at the outputs cancels); one gradient run finds the minimum
 of its start's basin. [`design_multistart`][amcdyn._design.design_multistart] runs `design`
-from the circuit and from a Latin hypercube of starts and keeps the best.
+from the circuit and from a Latin hypercube of starts and keeps the best. The notches are
+narrow curved valleys (log-steep across the surface where the amplitude cancels, smooth
+along it): `optimizer="bfgs"` (quasi-Newton) follows them where Adam zigzags, and
+`sharpen=(0.1, 0.05)` (a continuation on the surrogate's sharpness) moves from the smooth
+surrogate's minimum into the sharper true notch.
 
 **Design variables** (each an unconstrained parameter mapped into its bounds):
 
@@ -72,6 +76,7 @@ from typing import Any, Literal
 
 import equinox as eqx
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -904,9 +909,14 @@ class DesignResult:
       transient, `rel_error`, `power_w`, `energy_j`, ...); `{}` with `evaluate=False`.
     - `params`: the optimized unconstrained parameters; `design_values`: the physical design
       variables (G0 in S, `col_scale`, `g_offset_s`, `g_in_s`, per-amplifier GBW in Hz).
-    - `history`: the loss at each step; `best_step`: the step whose parameters are returned.
-    - `problem`: the [`DesignProblem`][amcdyn._design.DesignProblem]; `power_budget_w`.
-    - `n_loss_evals`: forward+gradient evaluations; `wall_time_s`: optimizer wall time.
+    - `history`: the loss at each step (`"bfgs"`: at each accepted iterate; with `sharpen`
+      the continuation stages follow, each on its own sharpness); `best_step`: the step
+      whose parameters are returned.
+    - `problem`: the [`DesignProblem`][amcdyn._design.DesignProblem] (with `sharpen`: at
+      the last sharpness, so `problem.loss(params)` is the final loss); `power_budget_w`.
+    - `n_loss_evals`: forward+gradient evaluations, each one simulation (a propagated
+      transient per Monte Carlo sample and its gradient), line-search trials and
+      continuation stages included; `wall_time_s`: optimizer wall time.
     """
 
     initial: INV
@@ -994,12 +1004,101 @@ def _step(problem, optimizer, params, opt_state):
     return optax.apply_updates(params, updates), opt_state, loss
 
 
+@eqx.filter_jit
+def _value_and_grad(problem, params):
+    return jax.value_and_grad(problem.loss)(params)
+
+
+def _bfgs(problem, params, max_evals: int, max_step: float = 1.0):
+    r"""Minimize `problem.loss` from `params` by BFGS (dense inverse-Hessian update, Armijo
+    backtracking, each step capped at `max_step` in the max-norm of the unconstrained
+    parameters); at most `max_evals` loss-and-gradient evaluations, line-search trials
+    included.
+
+    Returns (best params, loss at each accepted iterate, evaluations).
+    """
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+
+    def vg(x):
+        f, g = _value_and_grad(problem, unravel(jnp.asarray(x, flat.dtype)))
+        f, g = float(f), np.asarray(jax.flatten_util.ravel_pytree(g)[0], dtype=float)
+        return (f, g) if math.isfinite(f) and np.all(np.isfinite(g)) else (math.inf, g)
+
+    x = np.asarray(flat, dtype=float)
+    f, g = vg(x)
+    evals, history = 1, [f]
+    if not math.isfinite(f):
+        return params, history, evals
+    h = np.eye(x.size)
+    scaled = False
+    while evals < max_evals:
+        d = -h @ g
+        if not g @ d < 0:  # not a descent direction: restart from steepest descent
+            h, scaled, d = np.eye(x.size), False, -g
+        dmax = np.max(np.abs(d))
+        if dmax == 0:
+            break
+        d = d * min(1.0, max_step / dmax)
+        slope, t, accepted = g @ d, 1.0, False
+        while evals < max_evals and t * np.max(np.abs(d)) > 1e-9:
+            x1 = x + t * d
+            f1, g1 = vg(x1)
+            evals += 1
+            if f1 <= f + 1e-4 * t * slope:
+                accepted = True
+                break
+            t *= 0.3
+        if not accepted:
+            break
+        s, y = x1 - x, g1 - g
+        sy = s @ y
+        if sy > 1e-12 * np.linalg.norm(s) * np.linalg.norm(y):
+            if not scaled:  # Shanno-Phua scaling of the initial inverse Hessian
+                h, scaled = np.eye(x.size) * (sy / (y @ y)), True
+            rho = 1.0 / sy
+            v = np.eye(x.size) - rho * np.outer(s, y)
+            h = v @ h @ v.T + rho * np.outer(s, s)
+        converged = f - f1 <= 1e-9 * (1 + abs(f)) or np.max(np.abs(g1)) <= 1e-8
+        x, f, g = x1, f1, g1
+        history.append(f)
+        if converged:
+            break
+    return unravel(jnp.asarray(x, flat.dtype)), history, evals
+
+
+def _sharpened(problem: DesignProblem, sharpness: float) -> DesignProblem:
+    """The same problem with the surrogate's band-edge width `sharpness`, and a transient grid
+    refined in proportion (`n_grid` x beta0 / beta, rounded up to a multiple of 16), so that
+    the sharper band edge still spans as many grid intervals."""
+    obj = problem.objective
+    n_grid = 16 * math.ceil(obj.n_grid * obj.sharpness / sharpness / 16)
+    return dataclasses.replace(
+        problem, objective=dataclasses.replace(obj, sharpness=sharpness, n_grid=n_grid)
+    )
+
+
+def _check_sharpen(sharpen, objective: Objective) -> tuple[float, ...]:
+    try:
+        sharpen = tuple(sharpen)
+    except TypeError:
+        raise ValueError(f"`sharpen` must be a sequence of numbers, got {sharpen!r}") from None
+    prev = objective.sharpness
+    for s in sharpen:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not (0 < s < prev):
+            raise ValueError(
+                "`sharpen` must be a decreasing sequence of sharpness values below the "
+                f"objective's ({objective.sharpness}), each > 0; got {sharpen!r}"
+            )
+        prev = s
+    return tuple(float(s) for s in sharpen)
+
+
 def design(
     circuit: INV,
     *,
     variables: Sequence[str] = ("gbw_main", "gbw_inv", "col_scale"),
     objective: Objective | None = None,
-    optimizer: optax.GradientTransformation | None = None,
+    optimizer: optax.GradientTransformation | Literal["bfgs"] | None = None,
     steps: int = 100,
     power_budget: float | None = None,
     robust: Robust | dict | None = None,
@@ -1012,6 +1111,8 @@ def design(
     evaluate_designs: bool = True,
     eval_steps: int = 1024,
     init: dict[str, Array] | None = None,
+    sharpen: Sequence[float] = (),
+    sharpen_steps: int = 20,
 ) -> DesignResult:
     r"""Optimize an INV's conductance mapping and amplifier gain-bandwidths with optax.
 
@@ -1022,8 +1123,25 @@ def design(
       `"gbw_main"`, `"gbw_inv"` (module docstring).
     - `objective`: an [`Objective`][amcdyn._design.Objective] (default: settling time only).
     - `optimizer`: any `optax.GradientTransformation`; default `optax.adam(0.05)`. NaN
-      gradients are zeroed (`optax.zero_nans`).
+      gradients are zeroed (`optax.zero_nans`). Or `"bfgs"`: a quasi-Newton method
+      (BFGS inverse-Hessian update, Armijo backtracking line search, each step capped at 1
+      in the max-norm of the unconstrained parameters), which follows the narrow curved
+      valleys of the settling time (a mode's amplitude cancelling at the outputs) that
+      first-order steps zigzag across; dense, so meant for up to a few hundred variables.
     - `steps`: optimizer steps (int >= 1); the parameters with the lowest loss are returned.
+      With `"bfgs"`: at most `steps + 1` loss-and-gradient evaluations (line-search trials
+      included); it stops earlier once a step no longer lowers the loss (relative change
+      < 1e-9).
+    - `sharpen`: continuation on the surrogate's sharpness after the run, e.g. `(0.1, 0.05)`:
+      from the best parameters, the `"bfgs"` method (whatever `optimizer` ran first) on the
+      same loss with the band-edge width
+      $\beta$ (`Objective.sharpness`) set to each value in turn (decreasing, below the
+      objective's), the transient grid refined in proportion (`n_grid` x
+      $\beta_0/\beta$). The sharper surrogate is closer to the true settling time, whose
+      minima (cancellation notches) are narrower than the smooth surrogate's; started from
+      the smooth optimum, it moves into them. `()` (default): no continuation.
+    - `sharpen_steps`: the evaluation budget of each continuation stage (as `steps` for
+      `"bfgs"`).
     - `power_budget`: total amplifier power (W); `None`: the initial circuit's
       `amplifier_power()` (an equal-power comparison); `inf`: no budget.
     - `robust`: `None` (nominal), or a [`Robust`][amcdyn._design.Robust] / dict
@@ -1061,11 +1179,17 @@ def design(
     )
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`steps` must be an int >= 1, got {steps!r}")
+    sharpen = _check_sharpen(sharpen, problem.objective)
+    if isinstance(sharpen_steps, bool) or not isinstance(sharpen_steps, int) or sharpen_steps < 1:
+        raise ValueError(f"`sharpen_steps` must be an int >= 1, got {sharpen_steps!r}")
     if optimizer is None:
         optimizer = _DEFAULT_OPTIMIZER
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise ValueError(f"`optimizer` must be an optax.GradientTransformation, got {optimizer!r}")
-    optimizer = _guarded(optimizer)
+    if not (optimizer == "bfgs" or isinstance(optimizer, optax.GradientTransformation)):
+        raise ValueError(
+            f"`optimizer` must be an optax.GradientTransformation or 'bfgs', got {optimizer!r}"
+        )
+    if optimizer != "bfgs":
+        optimizer = _guarded(optimizer)
     params = problem.init_params()
     if init is not None:
         if not isinstance(init, dict) or set(init) != set(params):
@@ -1077,10 +1201,38 @@ def design(
                     f"shape {np.shape(v)}"
                 )
         params = {k: jnp.asarray(v, params[k].dtype) for k, v in init.items()}
+    start = time.perf_counter()
+    if optimizer == "bfgs":
+        best, history, n_evals = _bfgs(problem, params, steps + 1)
+        best_step = len(history) - 1
+    else:
+        best, history, best_step = _optax_run(problem, optimizer, params, steps)
+        n_evals = steps + 1
+    wall = time.perf_counter() - start
+    result = DesignResult(
+        initial=problem.base,
+        optimized=problem.circuit(best),
+        initial_metrics={},
+        optimized_metrics={},
+        params={k: np.asarray(v) for k, v in best.items()},
+        design_values={},
+        history=np.asarray(history),
+        best_step=best_step,
+        problem=problem,
+        power_budget_w=float(problem.budget),
+        n_loss_evals=n_evals,
+        wall_time_s=wall,
+    )
+    if sharpen:
+        result = _sharpen_result(result, sharpen, sharpen_steps)
+    return _finish(result, evaluate_designs, key, tol, eval_steps)
+
+
+def _optax_run(problem, optimizer, params, steps):
+    """`steps` optax steps; (best params, loss history, best step)."""
     opt_state = optimizer.init(params)
     history = []
     best, best_loss, best_step = params, math.inf, 0
-    start = time.perf_counter()
     for i in range(steps + 1):
         # The last pass only evaluates the loss of the final parameters.
         new_params, new_state, loss = _step(problem, optimizer, params, opt_state)
@@ -1091,28 +1243,46 @@ def design(
         params, opt_state = new_params, new_state
         if i == steps:
             break
-    wall = time.perf_counter() - start
-    optimized = problem.circuit(best)
-    budget = float(problem.budget)
+    return best, history, best_step
+
+
+def _sharpen_result(result: DesignResult, sharpen, sharpen_steps) -> DesignResult:
+    """The continuation stages of `design(..., sharpen=...)` applied to a finished run."""
+    problem, params = result.problem, {k: jnp.asarray(v) for k, v in result.params.items()}
+    history, n_evals = list(result.history), result.n_loss_evals
+    start = time.perf_counter()
+    for beta in sharpen:
+        problem = _sharpened(problem, beta)
+        params, hist, ev = _bfgs(problem, params, sharpen_steps + 1)
+        history += hist
+        n_evals += ev
+    return dataclasses.replace(
+        result,
+        optimized=problem.circuit(params),
+        params={k: np.asarray(v) for k, v in params.items()},
+        history=np.asarray(history),
+        best_step=len(history) - 1,
+        problem=problem,
+        n_loss_evals=n_evals,
+        wall_time_s=result.wall_time_s + time.perf_counter() - start,
+    )
+
+
+def _finish(result: DesignResult, evaluate_designs, key, tol, eval_steps) -> DesignResult:
+    """Fill in the design values and (optionally) the simulated metrics of both designs."""
+    problem = result.problem
     metrics0, metrics1 = {}, {}
     if evaluate_designs:
         ekey = None if key is None else jr.fold_in(key, 1)
         kw = dict(tol=tol, n_steps=eval_steps, robust=problem.robust, key=ekey)
         metrics0 = evaluate(problem.base, **kw)
-        metrics1 = evaluate(optimized, **kw)
-    return DesignResult(
-        initial=problem.base,
-        optimized=optimized,
+        metrics1 = evaluate(result.optimized, **kw)
+    params = {k: jnp.asarray(v) for k, v in result.params.items()}
+    return dataclasses.replace(
+        result,
         initial_metrics=metrics0,
         optimized_metrics=metrics1,
-        params={k: np.asarray(v) for k, v in best.items()},
-        design_values=design_values(problem, best),
-        history=np.asarray(history),
-        best_step=best_step,
-        problem=problem,
-        power_budget_w=budget,
-        n_loss_evals=steps + 1,
-        wall_time_s=wall,
+        design_values=design_values(problem, params),
     )
 
 
@@ -1140,6 +1310,9 @@ def design_multistart(
     spread: float = 2.0,
     seed: int = 0,
     evaluate_designs: bool = True,
+    sharpen: Sequence[float] = (),
+    sharpen_top: int = 2,
+    sharpen_steps: int = 20,
     **kwargs,
 ) -> DesignResult:
     r"""[`design`][amcdyn._design.design] from several starting points; the run whose best
@@ -1160,14 +1333,20 @@ def design_multistart(
       a GBW to 12 %..88 % of its log range, a column scaling $d_j$ to $r^{\pm 0.96}$).
     - `seed`: seed of the Latin hypercube (NumPy).
     - `evaluate_designs`: simulate the initial and the returned design (as `design`).
+    - `sharpen`, `sharpen_steps`: the sharpness continuation of `design`, applied after all
+      runs to the `sharpen_top` runs with the lowest loss (int >= 1); the winner is then
+      the one with the lowest loss at the last sharpness. `()`: none.
     - `**kwargs`: any other keyword argument of `design` except `init` (`variables`,
       `objective`, `optimizer`, `steps`, `power_budget`, `robust`, `key`, `tol`, ...).
 
-    **Returns:** the winning run's [`DesignResult`][amcdyn._design.DesignResult], with
-    `n_loss_evals` and `wall_time_s` summed over all runs.
+    For cancellation notches of a few variables, `optimizer="bfgs"` with
+    `sharpen=(0.1, 0.05)` is the combination that reaches them (`docs/design.md`, study (a)).
 
-    **Raises:** `ValueError` naming the argument for bad `starts`, `spread` or an `init`
-    keyword, and as `design` for the others.
+    **Returns:** the winning run's [`DesignResult`][amcdyn._design.DesignResult], with
+    `n_loss_evals` and `wall_time_s` summed over all runs and continuation stages.
+
+    **Raises:** `ValueError` naming the argument for bad `starts`, `spread`, `sharpen`,
+    `sharpen_top` or an `init` keyword, and as `design` for the others.
     """
     if isinstance(starts, bool) or not isinstance(starts, int) or starts < 1:
         raise ValueError(f"`starts` must be an int >= 1, got {starts!r}")
@@ -1175,27 +1354,31 @@ def design_multistart(
         raise ValueError(f"`spread` must be a finite number > 0, got {spread!r}")
     if "init" in kwargs:
         raise ValueError("`init`: design_multistart chooses the starting points itself")
+    if isinstance(sharpen_top, bool) or not isinstance(sharpen_top, int) or sharpen_top < 1:
+        raise ValueError(f"`sharpen_top` must be an int >= 1, got {sharpen_top!r}")
+    if isinstance(sharpen_steps, bool) or not isinstance(sharpen_steps, int) or sharpen_steps < 1:
+        raise ValueError(f"`sharpen_steps` must be an int >= 1, got {sharpen_steps!r}")
     eval_steps = kwargs.pop("eval_steps", 1024)
     runs = [design(circuit, evaluate_designs=False, **kwargs)]
+    sharpen = _check_sharpen(sharpen, runs[0].problem.objective)
     for init in _latin_starts(runs[0].problem.init_params(), starts - 1, spread, seed):
         runs.append(design(circuit, init=init, evaluate_designs=False, **kwargs))
-    best = min(
-        runs,
-        key=lambda r: r.history[r.best_step] if math.isfinite(r.history[r.best_step]) else math.inf,
-    )
-    metrics0, metrics1 = {}, {}
-    if evaluate_designs:
-        key = kwargs.get("key")
-        ekey = None if key is None else jr.fold_in(key, 1)
-        kw = dict(
-            tol=kwargs.get("tol", 1e-3), n_steps=eval_steps, robust=best.problem.robust, key=ekey
-        )
-        metrics0 = evaluate(best.problem.base, **kw)
-        metrics1 = evaluate(best.optimized, **kw)
-    return dataclasses.replace(
-        best,
-        initial_metrics=metrics0,
-        optimized_metrics=metrics1,
-        n_loss_evals=sum(r.n_loss_evals for r in runs),
-        wall_time_s=sum(r.wall_time_s for r in runs),
-    )
+
+    def final_loss(r):
+        loss = r.history[r.best_step]
+        return loss if math.isfinite(loss) else math.inf
+
+    n_evals = sum(r.n_loss_evals for r in runs)
+    wall = sum(r.wall_time_s for r in runs)
+    candidates = runs
+    if sharpen:
+        candidates = []
+        for r in sorted(runs, key=final_loss)[:sharpen_top]:
+            rs = _sharpen_result(r, sharpen, sharpen_steps)
+            # The continuation's own evaluations and time (rs counts r's too).
+            n_evals += rs.n_loss_evals - r.n_loss_evals
+            wall += rs.wall_time_s - r.wall_time_s
+            candidates.append(rs)
+    best = min(candidates, key=final_loss)
+    best = dataclasses.replace(best, n_loss_evals=n_evals, wall_time_s=wall)
+    return _finish(best, evaluate_designs, kwargs.get("key"), kwargs.get("tol", 1e-3), eval_steps)
