@@ -52,8 +52,10 @@ from ._egv import (
 from ._ginv import GINV as GINV, Ridge as Ridge
 from ._hpinv import (
     HPINVSolution as HPINVSolution,
+    HPINVTrace as HPINVTrace,
     hpinv_mc_summary as hpinv_mc_summary,
     hpinv_monte_carlo as hpinv_monte_carlo,
+    hpinv_refine as hpinv_refine,
     hpinv_solve as hpinv_solve,
 )
 from ._macro import Macro as Macro, MacroResult as MacroResult

@@ -643,13 +643,15 @@ class INV(AbstractCircuit):
                     "admittance couples the row nodes (use one or the other)"
                 )
             c_node = jnp.asarray(c_node)
+        # Decided on the argument as given: inside a trace, `jnp.asarray` of a NumPy constant
+        # is a tracer, and the inverters of a nonnegative matrix would be built for nothing.
+        topology = inverters
+        if is_concrete(a) and not np.any(np.asarray(a) < 0):
+            topology = "none"
         a = jnp.asarray(a)
         b = jnp.asarray(b)
         g0 = jnp.asarray(g0)
         g_pos, g_neg = _split(a, g0)
-        topology = inverters
-        if is_concrete(a) and not np.any(np.asarray(a) < 0):
-            topology = "none"
         amp = OpAmp(a0, f_gbw, **opts["main"])
         inverter = None
         if topology == "opamp":

@@ -48,6 +48,18 @@ derivative) and `dynamics().jacobian()` the linearization there. [`amcdyn.simula
 path) then gives the waveforms, settling time, error against the exact LASSO minimizer,
 stability and energy. `simulate_analytic` and `simulate_expm` integrate the *linearization*
 and do not apply.
+
+**Gradients through the transient.** `jax.grad` through [`amcdyn.simulate`][] differentiates
+the discrete (adaptive-step) solution. Every neuron that turns on crosses the threshold's
+corner (curvature $1/\delta$, with the default $\delta = 10^{-3}\lambda$), and the step-size
+controller bounds the error of the state, not of its sensitivity: at a loose `rtol` the
+gradient of a transient quantity (an output before settling, the settling time) is off by
+percents (measured on $m = 4$, $n = 8$: 1-3 % at `rtol` $10^{-6}$-$10^{-5}$), and central
+differences of the adaptive solve are noisier still (the step sequence changes with the
+parameter). Use `rtol` $\le 10^{-8}$ (or a wider `width`) for such gradients: at $10^{-10}$
+they agree with converged central differences to $10^{-5}$. Once settled, the gradient of the
+output equals the implicit-function derivative of the equilibrium (to $10^{-15}$) at any
+`rtol` (`tests/test_cs_grad.py`).
 """
 
 from typing import ClassVar

@@ -33,8 +33,11 @@ the factor $\rho$ per cycle, i.e. $\log_2(1/\rho)$ bits per cycle (the sampling 
 settling band adds a perturbation of order `tol`). `contraction` reports $\rho$; when
 $\rho \ge 1$ the refinement diverges and the status is `"not_converged"`.
 
-The loop is a host-level controller (it stops on a concrete test), so the whole solve is not
+`hpinv_solve` is a host-level controller (it stops on a concrete test), so it is not
 `jit`/`vmap`-able; each cycle's analog transients are compiled once and reused.
+`hpinv_refine` is the traceable form: exactly `iterations` cycles under `jax.lax.scan`, with
+per-cycle residuals and statuses as arrays, for `jax.jit`, `jax.vmap` and `jax.grad` (gradients
+through the 3-bit levels are straight-through estimates; see its docstring).
 
 **Monte Carlo.** `hpinv_monte_carlo` runs `hpinv_solve` once per sample with the key
 `fold_in(key, i)` (each sample programs its own LP-INV arrays), in a Python loop over samples
@@ -43,6 +46,7 @@ that reuses the compiled steps, with the progress line and the resumable `.npz` 
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -55,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from ._blockamc import (
     _check_common,
@@ -81,7 +85,7 @@ from ._montecarlo import (
 )
 from ._opamp import K_GBW, P_STATIC
 from ._solution import RESULTS, STATUS_NAMES
-from ._validate import check_finite, check_positive
+from ._validate import check_finite, check_positive, is_concrete
 
 
 HP_STATUS = ("converged", "not_converged") + STATUS_NAMES[1:]
@@ -180,6 +184,95 @@ def _lp_map(a, r, g0, programming, key, block, g_max, circuit_kwargs):
     return jax.jacfwd(lp_steady)(r)
 
 
+def _check_options(
+    a,
+    b,
+    bits,
+    g_min,
+    g_max,
+    iterations,
+    target_bits,
+    block,
+    variation,
+    key,
+    hp_slices,
+    t_mvm,
+    e_mvm,
+    method,
+    tol,
+    n_steps,
+    circuit_kwargs,
+):
+    """Validate the options shared by `hpinv_solve` and `hpinv_refine` (concrete values only;
+    traced ones pass); returns `(programming, key)`."""
+    stages = 1 if block else 0
+    check_problem(a, b, stages)
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
+        raise ValueError(f"`bits` must be an int >= 1, got {bits!r}")
+    window = ConductanceWindow(g_min, g_max, levels=2**bits)
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"`iterations` must be an int >= 1, got {iterations!r}")
+    check_positive("target_bits", target_bits)
+    if hp_slices is not None and (
+        isinstance(hp_slices, bool) or not isinstance(hp_slices, int) or hp_slices < 1
+    ):
+        raise ValueError(f"`hp_slices` must be an int >= 1 or None, got {hp_slices!r}")
+    check_finite("t_mvm", t_mvm)
+    if is_concrete(t_mvm) and np.any(np.asarray(t_mvm) < 0):
+        raise ValueError(f"`t_mvm` must be >= 0 (s), got {t_mvm!r}")
+    if e_mvm is not None:
+        check_finite("e_mvm", e_mvm)
+        if is_concrete(e_mvm) and np.any(np.asarray(e_mvm) < 0):
+            raise ValueError(f"`e_mvm` must be >= 0 (J), got {e_mvm!r}")
+    if "g0" in circuit_kwargs:
+        raise ValueError("`g0` is set per array from `g_max`; do not pass it to hpinv_solve")
+    if variation is not None and key is None:
+        raise ValueError("`key` is required with `variation`")
+    stages_list = (window,) if variation is None else (window, variation)
+    programming = Programming(stages_list)
+    key = jr.PRNGKey(0) if key is None else key  # the window alone draws nothing
+    _check_common(
+        method, "settled", tol, n_steps, g_max, 0.0, programming, None, key, circuit_kwargs
+    )
+    return programming, key
+
+
+def _default_e_mvm(n, hp_slices, target_bits, t_mvm, circuit_kwargs):
+    """$S$ arrays of $n$ TIAs at the `OpAmp` power model for `t_mvm` (J)."""
+    f_gbw = circuit_kwargs.get("f_gbw", 1e8)
+    n_arrays = hp_slices if hp_slices is not None else math.ceil(target_bits / 3)
+    return n_arrays * n * (P_STATIC + K_GBW * f_gbw) * t_mvm
+
+
+def _lp_transient(a, r, g0, programming, key, block, g_max, method, tol, n_steps, kwargs):
+    """One LP-INV solve of the scaled residual `r`: the held output decoded ($\\tilde\\delta$),
+    its settling time (s), energy (J), `RESULTS` and largest held |V| (V)."""
+    if block:
+        sol = blockamc_solve(
+            a,
+            r,
+            stages=1,
+            g_max=g_max,
+            programming=programming,
+            key=key,
+            method=method,
+            tol=tol,
+            n_steps=n_steps,
+            throw=False,
+            **kwargs,
+        )
+        return sol.solution, sol.settling_time, sol.energy, sol.result, sol.max_abs_voltage
+    circuit = INV.from_matrix(a, r, g0=g0, **kwargs)
+    if circuit.inverters != "none" and is_concrete(a) and not np.any(np.asarray(a) < 0):
+        # Under a trace (`hpinv_refine`'s scan) `INV.from_matrix` tests the signs of `a` after
+        # converting it to a tracer, and builds inverters that an eager call would not (they
+        # would drive only absent devices but add their power): the eager topology.
+        circuit = dataclasses.replace(circuit, inverters="none", inverter=None)
+    circuit = _perturb(circuit, key, programming, None)
+    sol, v = _step(circuit, jnp.asarray(tol), n_steps, method)
+    return circuit.decode(v), sol.settling_time, sol.energy, sol.result, jnp.max(jnp.abs(v))
+
+
 def hpinv_solve(
     a: Float[ArrayLike, "n n"],
     b: Float[ArrayLike, " n"],
@@ -229,45 +322,32 @@ def hpinv_solve(
     [`amcdyn.blockamc_solve`][]), `bits` not an int >= 1, `g_max <= g_min`, `iterations` not
     an int >= 1, a non-positive `target_bits`, or `hp_slices` not an int >= 1.
     """
-    stages = 1 if block else 0
-    check_problem(a, b, stages)
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
-        raise ValueError(f"`bits` must be an int >= 1, got {bits!r}")
-    window = ConductanceWindow(g_min, g_max, levels=2**bits)
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"`iterations` must be an int >= 1, got {iterations!r}")
-    check_positive("target_bits", target_bits)
-    if hp_slices is not None and (
-        isinstance(hp_slices, bool) or not isinstance(hp_slices, int) or hp_slices < 1
-    ):
-        raise ValueError(f"`hp_slices` must be an int >= 1 or None, got {hp_slices!r}")
-    check_finite("t_mvm", t_mvm)
-    if t_mvm < 0:
-        raise ValueError(f"`t_mvm` must be >= 0 (s), got {t_mvm!r}")
-    if e_mvm is not None:
-        check_finite("e_mvm", e_mvm)
-        if e_mvm < 0:
-            raise ValueError(f"`e_mvm` must be >= 0 (J), got {e_mvm!r}")
-    if "g0" in circuit_kwargs:
-        raise ValueError("`g0` is set per array from `g_max`; do not pass it to hpinv_solve")
-    if variation is not None and key is None:
-        raise ValueError("`key` is required with `variation`")
-    stages_list = (window,) if variation is None else (window, variation)
-    programming = Programming(stages_list)
-    key = jr.PRNGKey(0) if key is None else key  # the window alone draws nothing
-    _check_common(
-        method, "settled", tol, n_steps, g_max, 0.0, programming, None, key, circuit_kwargs
+    programming, key = _check_options(
+        a,
+        b,
+        bits,
+        g_min,
+        g_max,
+        iterations,
+        target_bits,
+        block,
+        variation,
+        key,
+        hp_slices,
+        t_mvm,
+        e_mvm,
+        method,
+        tol,
+        n_steps,
+        circuit_kwargs,
     )
-
     a = jnp.asarray(a, dtype=jnp.result_type(float))
     b = jnp.asarray(b, dtype=a.dtype)
     n = a.shape[0]
     a_hp = a if hp_slices is None else sliced_matrix(a, hp_slices)
     exact = _solve(a, b)
     if e_mvm is None:
-        f_gbw = float(circuit_kwargs.get("f_gbw", 1e8))
-        n_arrays = hp_slices if hp_slices is not None else math.ceil(target_bits / 3)
-        e_mvm = n_arrays * n * (P_STATIC + K_GBW * f_gbw) * t_mvm
+        e_mvm = float(_default_e_mvm(n, hp_slices, target_bits, t_mvm, circuit_kwargs))
     g0 = g_max / jnp.max(jnp.abs(a))
 
     # The LP-INV's linear map at steady state, and the contraction of the refinement.
@@ -277,24 +357,9 @@ def hpinv_solve(
     rho_norm = float(np.linalg.norm(e_mat, 2))
 
     def lp_transient(r):
-        if block:
-            sol = blockamc_solve(
-                a,
-                r,
-                stages=1,
-                g_max=g_max,
-                programming=programming,
-                key=key,
-                method=method,
-                tol=tol,
-                n_steps=n_steps,
-                throw=False,
-                **circuit_kwargs,
-            )
-            return sol.solution, sol.settling_time, sol.energy, sol.result, sol.max_abs_voltage
-        circuit = _perturb(INV.from_matrix(a, r, g0=g0, **circuit_kwargs), key, programming, None)
-        sol, v = _step(circuit, jnp.asarray(tol), n_steps, method)
-        return circuit.decode(v), sol.settling_time, sol.energy, sol.result, jnp.max(jnp.abs(v))
+        return _lp_transient(
+            a, r, g0, programming, key, block, g_max, method, tol, n_steps, circuit_kwargs
+        )
 
     x = jnp.zeros(n, a.dtype)
     r = b
@@ -341,6 +406,253 @@ def hpinv_solve(
         contraction_norm=arr(rho_norm),
         max_abs_voltage=arr(peak),
         cycles=len(times),
+        status=status,
+    )
+
+
+_STATUS_OFFSET = len(HP_STATUS) - len(STATUS_NAMES)  # RESULTS code c >= 1 -> HP_STATUS c + 1
+
+
+class HPINVTrace(eqx.Module):
+    """What [`hpinv_refine`][amcdyn._hpinv.hpinv_refine] returns: exactly `iterations` cycles,
+    everything as arrays (so it batches under `jax.vmap`). Times in s, energies in J.
+
+    **Fields:** (K = `iterations`)
+
+    - `solution`: $x_K$ (float64); `exact`: $A^{-1}b$ (LU); `rel_error`:
+      $\\|x_K - x^*\\|_\\infty/\\|x^*\\|_\\infty$ and `bits` $= -\\log_2$ of it.
+    - `residual_history`, `bits_history`: after each cycle, $\\|r_k\\|_\\infty/\\|b\\|_\\infty$
+      and the fixed-point bits of $x_k$, shape `(K,)`.
+    - `cycle_status`: shape `(K,)`, the `RESULTS` code of each cycle's LP-INV transient (an
+      index into `amcdyn.STATUS_NAMES`: 0 settled, 1 not_settled, 2 unstable, ...).
+    - `applied`: shape `(K,)`, whether the cycle's update was applied: a cycle is applied iff
+      its LP-INV settled and every earlier one did. After the first failed cycle $x$ and $r$
+      stay frozen (what `hpinv_solve` returns when it stops there), and the failure is in
+      `status`, never a silent number.
+    - `cycle_times`, `cycle_energies`: shape `(K,)`, LP-INV settling time + `t_mvm` and
+      LP-INV energy + `e_mvm` of each attempted cycle; `settling_time`, `analog_time`, `energy`:
+      their sums over the applied cycles.
+    - `cycles`: the number of applied cycles (int32).
+    - `cycles_to_target`: the first cycle $k$ (1-based) with
+      $\\|r_k\\|_\\infty \\le 2^{-\\mathrm{target\\_bits}}\\|b\\|_\\infty$, where `hpinv_solve`
+      would stop, or 0 if no applied cycle reaches it (int32); `time_to_target`: the sum of
+      `cycle_times` up to that cycle (s; $+\\infty$ if none).
+    - `contraction`, `contraction_norm`: $\\rho(I - AL)$ and $\\|I - AL\\|_2$ of the programmed
+      LP-INV (no gradient: `stop_gradient`).
+    - `max_abs_voltage`: the largest held LP-INV output of the applied cycles (V).
+    - `status`: an index into `HP_STATUS` (int32): 0 `"converged"` (the final residual is at
+      or below the target), 1 `"not_converged"`, or 2 + the `RESULTS` code of the first
+      failed cycle minus 1 (`"not_settled"`, `"unstable"`, ...). `status_name` gives the name
+      (concrete, unbatched values only).
+    """
+
+    solution: Float[Array, " n"]
+    exact: Float[Array, " n"]
+    rel_error: Float[Array, ""]
+    bits: Float[Array, ""]
+    residual_history: Float[Array, " cycles"]
+    bits_history: Float[Array, " cycles"]
+    cycle_status: Int[Array, " cycles"]
+    applied: Bool[Array, " cycles"]
+    cycle_times: Float[Array, " cycles"]
+    cycle_energies: Float[Array, " cycles"]
+    settling_time: Float[Array, ""]
+    analog_time: Float[Array, ""]
+    energy: Float[Array, ""]
+    cycles: Int[Array, ""]
+    cycles_to_target: Int[Array, ""]
+    time_to_target: Float[Array, ""]
+    contraction: Float[Array, ""]
+    contraction_norm: Float[Array, ""]
+    max_abs_voltage: Float[Array, ""]
+    status: Int[Array, ""]
+
+    @property
+    def status_name(self) -> str:
+        """The name of `status` in `HP_STATUS` (needs a concrete, unbatched `status`)."""
+        return HP_STATUS[int(np.asarray(self.status))]
+
+
+def hpinv_refine(
+    a: Float[ArrayLike, "n n"],
+    b: Float[ArrayLike, " n"],
+    *,
+    iterations: int,
+    bits: int = 3,
+    g_min: float | Float[ArrayLike, ""] = 0.5e-6,
+    g_max: float | Float[ArrayLike, ""] = 35e-6,
+    target_bits: float = 24.0,
+    block: bool = False,
+    variation: AbstractDeviceStage | None = None,
+    key: PRNGKeyArray | None = None,
+    hp_slices: int | None = None,
+    t_mvm: float | Float[ArrayLike, ""] = 60e-9,
+    e_mvm: float | Float[ArrayLike, ""] | None = None,
+    method: Literal["expm", "ode", "analytic"] = "expm",
+    tol: float | Float[ArrayLike, ""] = 1e-3,
+    n_steps: int = 64,
+    **circuit_kwargs,
+) -> HPINVTrace:
+    r"""HP-INV as one traceable computation: exactly `iterations` refinement cycles.
+
+    The same cycle as [`amcdyn.hpinv_solve`][] (scale the residual, LP-INV transient held at
+    its settling time, update, HP-MVM residual), run under `jax.lax.scan` with no host-side
+    stop, so it works under `jax.jit`, `jax.vmap` (over `b`, `key`, `g_max`, op-amp options,
+    ...) and `jax.grad`. Per-cycle residuals, bits, times, energies and statuses are returned
+    as arrays. For the same number of cycles it gives the host loop's answer (to rounding,
+    ~1e-15 relative: the scan is one compiled program): with $K$ = `hpinv_solve(...).cycles`
+    its `solution` and histories are `hpinv_solve`'s. Cycles after the target is reached keep
+    refining (down to the float64 floor); `cycles_to_target` says where the host loop stops.
+    A cycle whose LP-INV did not settle is not applied and freezes the state (see
+    [`HPINVTrace`][amcdyn._hpinv.HPINVTrace]).
+
+    **Gradients.** The map $b \mapsto x_K$ is differentiated exactly, cycle by cycle: the
+    scale $\|r_k\|_\infty$ (piecewise smooth: a kink where two entries tie), the LP-INV
+    transient and its hold time (the settling time moves with the parameters; its derivative
+    is the implicit one of the band crossing, valid while the last crossing stays on the same
+    output and lobe; on the `"expm"` path the crossing is located on a grid interpolant whose
+    spacing carries no gradient, ~1e-4 relative on a settling time), and the HP-MVM.
+    With respect to `b`, `t_mvm`, `e_mvm` and op-amp or wire options (`a0`, `f_gbw`, `r_w`,
+    ...) this is the true derivative, since the programmed conductances do not depend on them.
+    With respect to `a`, `g_min` and `g_max` the gradient passes through the level
+    quantization of `amcdyn.ConductanceWindow`, which uses a *straight-through estimator*
+    (forward: the exact level; backward: rounding treated as the identity, plus the levels'
+    own dependence on `g_min`, `g_max`): a useful surrogate for design, not the derivative of
+    the piecewise-constant programmed map, and finite differences do not reproduce it.
+    `hp_slices` rounds the HP-MVM's copy of $A$ with zero derivative. `contraction` and
+    `contraction_norm` carry no gradient.
+
+    **Arguments:** as [`amcdyn.hpinv_solve`][], except:
+
+    - `iterations`: the number of cycles $K$ (an int >= 1; static). Every cycle runs, whatever
+      the residual.
+    - `target_bits`: only defines `cycles_to_target`, `time_to_target` and `status`.
+    - `g_min`, `g_max`, `t_mvm`, `e_mvm`, `tol` and scalar `circuit_kwargs` values may be
+      traced (JAX arrays). `a` should be concrete (a closure under `jit`): for a traced `a`
+      the LP-INV builds inverters for every column, as `amcdyn.INV.from_matrix` does, so its
+      structure differs from the host loop's for a matrix with no negative entry. With
+      `block=True` the BlockAMC steps are always built from traced blocks, so they all have
+      op-amp inverters: same outputs and times, more amplifier energy (measured +1.8 % for
+      n = 4).
+
+    **Returns:** an [`HPINVTrace`][amcdyn._hpinv.HPINVTrace].
+
+    **Raises:** `ValueError` naming the argument, as [`amcdyn.hpinv_solve`][] (for concrete
+    values).
+    """
+    programming, key = _check_options(
+        a,
+        b,
+        bits,
+        g_min,
+        g_max,
+        iterations,
+        target_bits,
+        block,
+        variation,
+        key,
+        hp_slices,
+        t_mvm,
+        e_mvm,
+        method,
+        tol,
+        n_steps,
+        circuit_kwargs,
+    )
+    dtype = jnp.result_type(float)
+    # The LP-INV gets `a` as NumPy when it is concrete: under `jit` even `jnp.asarray` of a
+    # constant is traced, and `INV.from_matrix` decides on inverters from a concrete `a`.
+    a_lp = np.asarray(a, dtype=dtype) if is_concrete(a) else a
+    a = jnp.asarray(a, dtype=dtype)
+    b = jnp.asarray(b, dtype=dtype)
+    n = a.shape[0]
+    a_hp = a if hp_slices is None else sliced_matrix(a, hp_slices)
+    exact = _solve(a, b)
+    t_mvm = jnp.asarray(t_mvm, dtype)
+    if e_mvm is None:
+        e_mvm = _default_e_mvm(n, hp_slices, target_bits, t_mvm, circuit_kwargs)
+    e_mvm = jnp.asarray(e_mvm, dtype)
+    g0 = g_max / jnp.max(jnp.abs(a))
+    b_norm = jnp.max(jnp.abs(b))
+
+    lmap = _lp_map(a, b / b_norm, g0, programming, key, block, g_max, circuit_kwargs)
+    e_mat = jax.lax.stop_gradient(jnp.eye(n, dtype=dtype) - a_hp @ lmap)
+    rho = jnp.max(jnp.abs(jnp.linalg.eigvals(e_mat))).astype(dtype)
+    # The barrier orders the two LAPACK calls: under `vmap` two batched LAPACK kernels running
+    # at once can deadlock on CPU (jaxlib 0.10).
+    rho, e_mat = jax.lax.optimization_barrier((rho, e_mat))
+    rho_norm = jnp.sqrt(jnp.max(jnp.linalg.eigvalsh(e_mat.T @ e_mat)))
+
+    def cycle(carry, _):
+        x, r, ok = carry
+        scale = jnp.max(jnp.abs(r))
+        delta, t_a, e_a, result, v_peak = _lp_transient(
+            a_lp,
+            r / scale,
+            g0,
+            programming,
+            key,
+            block,
+            g_max,
+            method,
+            tol,
+            n_steps,
+            circuit_kwargs,
+        )
+        code = result._value
+        apply = ok & (code == RESULTS.settled._value)
+        x = jnp.where(apply, x + scale * delta, x)
+        r = jnp.where(apply, b - a_hp @ x, r)
+        out = (
+            jnp.max(jnp.abs(r)) / b_norm,
+            _fixed_bits(x, exact)[1],
+            code.astype(jnp.int32),
+            apply,
+            t_a + t_mvm,
+            e_a + e_mvm,
+            t_a,
+            v_peak,
+        )
+        return (x, r, apply), out
+
+    init = (jnp.zeros(n, dtype), b, jnp.asarray(True))
+    (x, _, _), hist = jax.lax.scan(cycle, init, None, length=iterations)
+    res, bits_hist, codes, applied, times, energies, analog, peaks = hist
+
+    zero = jnp.zeros((), dtype)
+    used = lambda v: jnp.where(applied, v, zero)  # noqa: E731
+    reached = applied & (res <= 2.0 ** (-target_bits))
+    first = jnp.argmax(reached)
+    any_reached = jnp.any(reached)
+    cycles_to_target = jnp.where(any_reached, first + 1, 0).astype(jnp.int32)
+    upto = jnp.arange(iterations) <= first
+    time_to_target = jnp.where(any_reached, jnp.sum(jnp.where(upto, times, zero)), jnp.inf)
+    failed = ~applied
+    first_fail = jnp.argmax(failed)
+    fail_code = codes[first_fail] + _STATUS_OFFSET
+    ok_code = jnp.where(res[-1] <= 2.0 ** (-target_bits), 0, 1)
+    status = jnp.where(jnp.any(failed), fail_code, ok_code).astype(jnp.int32)
+    err, fixed_bits = _fixed_bits(x, exact)
+    return HPINVTrace(
+        solution=x,
+        exact=exact,
+        rel_error=err,
+        bits=fixed_bits,
+        residual_history=res,
+        bits_history=bits_hist,
+        cycle_status=codes,
+        applied=applied,
+        cycle_times=times,
+        cycle_energies=energies,
+        settling_time=jnp.sum(used(times)),
+        analog_time=jnp.sum(used(analog)),
+        energy=jnp.sum(used(energies)),
+        cycles=jnp.sum(applied).astype(jnp.int32),
+        cycles_to_target=cycles_to_target,
+        time_to_target=time_to_target,
+        contraction=rho,
+        contraction_norm=rho_norm,
+        max_abs_voltage=jnp.max(used(peaks)),
         status=status,
     )
 
