@@ -52,6 +52,8 @@ _VAR_FLAGS = {
     "samples": "--samples",
     "sigma": "--sigma",
     "quantile": "--quantile",
+    "sharpen": "--sharpen",
+    "starts": "--starts",
     "a": "--matrix",
     "b": "--rhs",
     "g0": "--g0",
@@ -135,6 +137,25 @@ def add_design_parser(commands) -> None:
         "--lr", type=_float_type(), default=0.05, help="Adam learning rate (default 0.05)"
     )
     p.add_argument(
+        "--optimizer",
+        choices=("adam", "bfgs"),
+        default="adam",
+        help="adam (optax, --lr) or bfgs (quasi-Newton; follows narrow notch valleys)",
+    )
+    p.add_argument(
+        "--starts",
+        type=_int_type,
+        default=1,
+        help="runs from the initial design and a Latin hypercube of starts; the best is kept "
+        "(default 1: the initial design only)",
+    )
+    p.add_argument(
+        "--sharpen",
+        default=None,
+        metavar="B1,B2,...",
+        help="sharpness continuation after the run(s), e.g. 0.1,0.05 (decreasing, below 0.25)",
+    )
+    p.add_argument(
         "--variables",
         default="gbw_main,gbw_inv,col_scale",
         help="comma-separated design variables from g0, col_scale, g_offset, g_in, "
@@ -191,7 +212,7 @@ def _run(args: argparse.Namespace) -> dict:
     import optax
 
     from ._circuits import INV
-    from ._design import design
+    from ._design import design, design_multistart
 
     a = resolve_matrix(args.matrix)
     if a.shape[0] != a.shape[1]:
@@ -226,17 +247,29 @@ def _run(args: argparse.Namespace) -> dict:
         robust = None
         if args.robust:
             robust = dict(samples=args.samples, sigma=args.sigma, quantile=args.quantile)
-        res = design(
-            circuit,
+        sharpen = ()
+        if args.sharpen is not None:
+            try:
+                sharpen = tuple(float(s) for s in args.sharpen.split(",") if s.strip())
+            except ValueError:
+                raise UsageError(
+                    "--sharpen", f"expected comma-separated numbers, got {args.sharpen!r}"
+                ) from None
+        kwargs = dict(
             variables=variables,
             objective=Objective(target_bits=args.target_bits),
-            optimizer=optax.adam(args.lr),
+            optimizer="bfgs" if args.optimizer == "bfgs" else optax.adam(args.lr),
             steps=args.steps,
             power_budget=args.power_budget,
             robust=robust,
             key=jr.key(args.seed),
             tol=args.tol,
+            sharpen=sharpen,
         )
+        if args.starts == 1:
+            res = design(circuit, **kwargs)
+        else:
+            res = design_multistart(circuit, starts=args.starts, seed=args.seed, **kwargs)
     except ValueError as e:
         raise _map_error(e) from None
     if args.export is not None:
