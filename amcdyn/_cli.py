@@ -828,7 +828,8 @@ _SOLVER_FLAGS = {
 _MACRO_FLAGS = {**_RUN_FLAGS, "function": "--function", "matrix": "--matrix", "rhs": "--rhs",
                 "lam": "--lam", "tiles": "--tiles", "a": "--matrix", "b": "--rhs"}
 _GINV_NONIDEAL_NOTE = (
-    "the GINV/Ridge loop is modelled with ideal wires and single-pole, offset-free op-amps"
+    "the ZF circuits are built with ideal wires and single-pole, offset-free op-amps "
+    "(`amcdyn simulate ginv` takes --wire-r and --f-p2)"
 )
 
 
@@ -949,7 +950,7 @@ def _make_ginv(args, prob, g0, amp_kwargs):
     import amcdyn
 
     kwargs = dict(mode=args.side, g0=g0, g_f=args.g_f, a0=args.a0, f_gbw=args.gbw,
-                  inverters=args.inverters)
+                  inverters=args.inverters, **amp_kwargs)  # r_w, f_p2 (CircuitSpec.nonideal)
     if args.circuit == "ridge":
         circuit = amcdyn.Ridge.from_matrix(prob.a, prob.data["y"], args.lam, **kwargs)
         params = _loop_params(circuit, args)
@@ -1511,6 +1512,14 @@ _GINV_LOOP = dict(
     nonideal_note=_GINV_NONIDEAL_NOTE,
     hints=_GINV_HINTS,
 )
+# GINV and Ridge themselves model wire resistance and second poles (not offsets).
+_GINV_RIDGE = dict(
+    _GINV_LOOP,
+    flags={**_GINV_FLAGS, "r_w": "--wire-r", "r_w_col": "--wire-r", "f_p2": "--f-p2",
+           "inverter_f_p2": "--f-p2"},
+    nonideal=frozenset({"wire_r", "f_p2"}),
+    nonideal_note="input offsets are not modelled in the GINV/Ridge loop",
+)
 
 CIRCUITS: dict[str, CircuitSpec] = {
     spec.name: spec
@@ -1533,7 +1542,7 @@ CIRCUITS: dict[str, CircuitSpec] = {
             "GINV: two crossbars X and X^T in one loop (TIAs + non-inverting second stage). "
             "--side left (X tall): least squares w = argmin ||Xw - y||; --side right (X wide): "
             "the minimum-norm solution of X w = y. `solution` is w.",
-            _args_ginv, _load_ginv, _make_ginv, headline=_headline_ginv, **_GINV_LOOP,
+            _args_ginv, _load_ginv, _make_ginv, headline=_headline_ginv, **_GINV_RIDGE,
         ),
         CircuitSpec(
             "ridge", "ridge regression / MMSE: (X^T X + lambda I)^-1 X^T y",
@@ -1541,7 +1550,7 @@ CIRCUITS: dict[str, CircuitSpec] = {
             "--side left: w = (X^T X + lambda I)^-1 X^T y; --side right: "
             "w = X^T (X X^T + lambda I)^-1 y. `solution` is w.",
             lambda p, mc: _args_ginv(p, mc, ridge=True), _load_ginv, _make_ginv,
-            headline=_headline_ginv, **_GINV_LOOP,
+            headline=_headline_ginv, **_GINV_RIDGE,
         ),
         CircuitSpec(
             "egv", "dominant eigenvector (EGV): grows along v_1 into the rails",
@@ -1707,6 +1716,9 @@ def _build(args: argparse.Namespace, *, mc: bool):
     a = prob.a
     if args.g0 is not None:
         g0 = args.g0
+    elif args.circuit == "hpinv" and np.max(np.abs(a)) > 0:
+        # HP-INV maps its low-precision array with G0 = gmax/max|A| (`_hpinv_options`).
+        g0 = (35e-6 if args.gmax is None else args.gmax) / float(np.max(np.abs(a)))
     elif window is not None and np.max(np.abs(a)) > 0:
         g0 = window["g_max"] / float(np.max(np.abs(a)))  # largest |entry| -> g_max
     else:

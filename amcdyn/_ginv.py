@@ -80,36 +80,73 @@ $\alpha^2 = 4\beta_{\min}$, i.e. $G_f^2 = 4 G_0^2\sigma_{\min}^2\,\bar d_1/\bar 
 node sums ($\bar d_1$ includes $G_f$; a quadratic), which is exact for uniform sums; every
 pair then decays at least at $\omega_0 + \omega_T G_0\sigma_{\min}/\sqrt{d_1 d_2}$. For op-amp
 inverters, at least 1.5 times the stability rule above. Ridge uses $\sigma_{\min}^2 + \lambda$.
+
+**Second pole** (`f_p2`, [`amcdyn.OpAmp`][]): every two-pole op-amp (TIAs and second stage;
+the op-amp inverters with `inverter_f_p2`) gets an internal first-pole state $x$,
+$\dot x = -\omega_0 x + \omega_T e$, $\dot V = \omega_{p2}(x - V)$ ($e$ its differential input),
+appended after the outputs. The equilibrium is unchanged; the loop gains one more pole per
+amplifier, so the phase margin of the fast pairs shrinks. With the default $G_f$ (which
+ignores $f_{p2}$) and ideal or differential sign handling, $f_{p2} \approx 3 f_\mathrm{GBW}$
+already makes the loop ring and $f_{p2} \approx f_\mathrm{GBW}$ makes it oscillate with a growing
+amplitude (tested, X 6 x 3); op-amp inverters' larger $G_f$ leaves more margin. The
+eigenvalues of `dynamics().jacobian()` (and `Solution.stable`/`oscillatory`) report it.
+
+**Wire resistance** (`r_w`, `r_w_col`): both arrays are crossbars with the geometry of
+`amcdyn._wires` in their physical orientation (the stored $p\times q$ matrix: row lines of
+segment resistance $r_w$, column lines $r_{w,\mathrm{col}}$, every line's terminal at its
+index-0 end). Array 1's summing lines are its rows for the left inverse (TIAs on the rows of
+$A$, columns driven by $w$) and its columns for the right one (rows driven by $w$); array 2 the
+other way round (amc-physics.md §4). Each array is reduced exactly onto its terminals
+(`amcdyn._wires`' Kron reduction, $Y_{ss} = \mathrm{diag}(\text{line sums}) + \Delta Y_{ss}$,
+$Y_{sd} = -B + \Delta Y_{sd}$), and $G_f$, $G_\lambda$, the balance conductances and the input
+currents sit at the terminals, so KCL there gives the summing nodes as affine functions of the
+op-amp outputs, e.g. $(Y^+_{ss} + Y^-_{ss} + G_f)\,r = I_1 + G_f v - Y^+_{sd}w - Y^-_{sd}\bar w$
+(differential: each input node with its own array). The ODE keeps one state per amplifier,
+with dense $F_1$ and $L_2$ in place of the diagonal $G_f/D_1$, $G_\lambda/D_2$; $r_w = 0$ gives
+the ideal loop. `resistive_power` still counts the devices at the ideal crossbar's voltages
+(as [`amcdyn.INV`][]), without the wires' own dissipation.
 """
 
 from typing import ClassVar, Literal
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._circuits import V0, AbstractCircuit, AbstractDynamics
 from ._linalg import solve
-from ._opamp import OpAmp
+from ._opamp import OpAmp, _check_f_p2
 from ._validate import check_finite, check_ndim, check_nonnegative, check_positive, is_concrete
+from ._wires import _check_resistance, _corrections
 
 
 _Bank = Literal["opamp", "ideal", "none"]
 
 
 class _GINVDynamics(AbstractDynamics):
-    """The two-stage loop of the module docstring. State order: the output bank first (`w`
-    for the left inverse, `v` for the right), then the other bank, then the op-amp inverters
-    $\\bar w$ and $\\bar v$ (when real)."""
+    """The two-stage loop of the module docstring.
+
+    State order: the output bank first (`w` for the left inverse, `v` for the right), then the
+    other bank, then the op-amp inverters $\\bar w$ and $\\bar v$ (when real); then, in the same
+    order, the internal first-pole state $x$ of every bank whose op-amps have a second pole
+    ($\\dot x = -\\omega_0 x + \\omega_T e$, $\\dot V = \\omega_{p2}(x - V)$, see
+    [`amcdyn.OpAmp`][]).
+
+    The summing nodes are affine in the op-amp outputs, $r = B_1^+ w + B_1^-\\bar w + F_1 v + c_1$
+    and $s = B_2^+ v + B_2^-\\bar v + L_2\\bar w + c_2$ (V). With ideal wires $F_1$ and $L_2$ are
+    diagonal (stored as vectors); with wire resistance they are the dense matrices of the
+    reduced network (`_wired_operators`).
+    """
 
     bp1: Float[Array, "n1 n2"]  # B+ / D1
     bn1: Float[Array, "n1 n2"]  # B- / D1
-    f1: Float[Array, "*n1"]  # G_f / D1
+    f1: Float[Array, " n1"] | Float[Array, "n1 n1"]  # G_f / D1
     c1: Float[Array, " n1"]  # I1 / D1 (V)
     bp2: Float[Array, "n2 n1"]  # B+^T / D2
     bn2: Float[Array, "n2 n1"]  # B-^T / D2
-    l2: Float[Array, "*n2"]  # G_lambda / D2
+    l2: Float[Array, " n2"] | Float[Array, "n2 n2"]  # G_lambda / D2
     c2: Float[Array, " n2"]  # I2 / D2 (V)
     tia_w0: Float[Array, "*n1"]
     tia_wt: Float[Array, "*n1"]
@@ -122,6 +159,10 @@ class _GINVDynamics(AbstractDynamics):
     output: Literal["w", "v"] = eqx.field(static=True)
     n_states: int = eqx.field(static=True)
     n_outputs: int = eqx.field(static=True)
+    # Second poles (rad/s) of the TIAs, the second stage and the inverters; None: single pole.
+    tia_wp2: Float[Array, "*n1"] | None = None
+    amp_wp2: Float[Array, "*n2"] | None = None
+    inv_wp2: Float[Array, "*m"] | None = None
 
     @property
     def dtype(self):
@@ -131,85 +172,108 @@ class _GINVDynamics(AbstractDynamics):
     def _sizes(self):
         return self.bp1.shape
 
-    def _unpack(self, y):
+    def _banks(self):
+        """[(name, size, w0, wT, w_p2)] in state order: 'v' TIAs, 'w' second stage, 'wb'/'vb'
+        op-amp inverters."""
         n1, n2 = self._sizes
-        if self.output == "w":
-            w, v, k = y[:n2], y[n2 : n2 + n1], n1 + n2
-        else:
-            v, w, k = y[:n1], y[n1 : n1 + n2], n1 + n2
+        v = ("v", n1, self.tia_w0, self.tia_wt, self.tia_wp2)
+        w = ("w", n2, self.amp_w0, self.amp_wt, self.amp_wp2)
+        banks = [w, v] if self.output == "w" else [v, w]
+        if self.w_bank == "opamp":
+            banks.append(("wb", n2, self.inv_w0, self.inv_wt, self.inv_wp2))
+        if self.v_bank == "opamp":
+            banks.append(("vb", n1, self.inv_w0, self.inv_wt, self.inv_wp2))
+        return banks
+
+    def _layout(self):
+        """(out, first): state slices of each bank's outputs and of its first-pole states (the
+        outputs themselves for a single-pole bank)."""
+        out, first, k = {}, {}, 0
+        banks = self._banks()
+        for name, n, *_ in banks:
+            out[name] = first[name] = slice(k, k + n)
+            k += n
+        for name, n, *_, wp2 in banks:
+            if wp2 is not None:
+                first[name] = slice(k, k + n)
+                k += n
+        return out, first
+
+    def _unpack(self, y):
+        """(v, w, wbar, vbar): the op-amp outputs (an inverted copy is None when absent)."""
+        out, _ = self._layout()
+        v, w = y[out["v"]], y[out["w"]]
         wbar = vbar = None
         if self.w_bank == "opamp":
-            wbar, k = y[k : k + n2], k + n2
+            wbar = y[out["wb"]]
         elif self.w_bank == "ideal":
             wbar = -w
         if self.v_bank == "opamp":
-            vbar = y[k : k + n1]
+            vbar = y[out["vb"]]
         elif self.v_bank == "ideal":
             vbar = -v
         return v, w, wbar, vbar
 
-    def _inverter(self, x, xbar):
-        return -self.inv_w0 * xbar - self.inv_wt * (x + xbar) / 2
-
     def vector_field(self, y):
+        out, first = self._layout()
         v, w, wbar, vbar = self._unpack(y)
-        r = self.bp1 @ w + self.f1 * v + self.c1
+        r = self.bp1 @ w + _apply(self.f1, v) + self.c1
         s = self.bp2 @ v + self.c2
         if wbar is not None:
             r = r + self.bn1 @ wbar
-            s = s + self.l2 * wbar
+            s = s + _apply(self.l2, wbar)
         if vbar is not None:
             s = s + self.bn2 @ vbar
-        dv = -self.tia_w0 * v - self.tia_wt * r
-        dw = -self.amp_w0 * w + self.amp_wt * s
-        parts = [dw, dv] if self.output == "w" else [dv, dw]
-        if self.w_bank == "opamp":
-            parts.append(self._inverter(w, wbar))
-        if self.v_bank == "opamp":
-            parts.append(self._inverter(v, vbar))
-        return jnp.concatenate(parts)
-
-    def _slices(self):
-        """State index ranges of v, w, wbar, vbar (None when not a state)."""
-        n1, n2 = self._sizes
-        if self.output == "w":
-            sw, sv, k = slice(0, n2), slice(n2, n1 + n2), n1 + n2
-        else:
-            sv, sw, k = slice(0, n1), slice(n1, n1 + n2), n1 + n2
-        swb = svb = None
-        if self.w_bank == "opamp":
-            swb, k = slice(k, k + n2), k + n2
-        if self.v_bank == "opamp":
-            svb = slice(k, k + n1)
-        return sv, sw, swb, svb
+        # What each bank's first pole integrates (V/s, before -w0 x): TIAs amplify -r, the
+        # second stage +s, an inverter -(x + xbar)/2.
+        drive = {"v": -self.tia_wt * r, "w": self.amp_wt * s}
+        if "wb" in out:
+            drive["wb"] = -self.inv_wt * (w + wbar) / 2
+        if "vb" in out:
+            drive["vb"] = -self.inv_wt * (v + vbar) / 2
+        outs, firsts = [], []
+        for name, _, w0, _, wp2 in self._banks():
+            x = y[first[name]]
+            dx = -w0 * x + drive[name]
+            if wp2 is None:
+                outs.append(dx)
+            else:
+                outs.append(wp2 * (x - y[out[name]]))
+                firsts.append(dx)
+        return jnp.concatenate(outs + firsts)
 
     def jacobian(self):
         n1, n2 = self._sizes
-        sv, sw, swb, svb = self._slices()
-        ones1, ones2 = jnp.ones(n1, self.dtype), jnp.ones(n2, self.dtype)
-        tia_wt = (self.tia_wt * ones1)[:, None]
-        amp_wt = (self.amp_wt * ones2)[:, None]
-        l2 = self.l2 * ones2
-        jac = jnp.zeros((self.n_states, self.n_states), self.dtype)
-        jac = jac.at[sv, sv].set(-jnp.diag((self.tia_w0 + self.tia_wt * self.f1) * ones1))
-        jac = jac.at[sv, sw].set(-tia_wt * self.bp1)
-        jac = jac.at[sw, sv].set(amp_wt * self.bp2)
-        jac = jac.at[sw, sw].set(-jnp.diag(self.amp_w0 * ones2))
-        # Inverted copies: their own states (op-amp inverters), or -x folded into x's column.
+        out, first = self._layout()
+        n, dt = self.n_states, self.dtype
+        # r = R y + c1 and s = S y + c2: the summing nodes as functions of the state.
+        rmat = jnp.zeros((n1, n), dt).at[:, out["w"]].set(self.bp1)
+        rmat = rmat.at[:, out["v"]].add(_dense(self.f1, n1, dt))
+        smat = jnp.zeros((n2, n), dt).at[:, out["v"]].set(self.bp2)
+        # Inverted copies: their own states (op-amp inverters), or -x (ideal/differential).
         if self.w_bank != "none":
-            target = swb if self.w_bank == "opamp" else sw
-            sign = 1.0 if self.w_bank == "opamp" else -1.0
-            jac = jac.at[sv, target].add(-sign * tia_wt * self.bn1)
-            jac = jac.at[sw, target].add(sign * jnp.diag(self.amp_wt * l2))
+            target, sign = (out["wb"], 1.0) if self.w_bank == "opamp" else (out["w"], -1.0)
+            rmat = rmat.at[:, target].add(sign * self.bn1)
+            smat = smat.at[:, target].add(sign * _dense(self.l2, n2, dt))
         if self.v_bank != "none":
-            target = svb if self.v_bank == "opamp" else sv
-            sign = 1.0 if self.v_bank == "opamp" else -1.0
-            jac = jac.at[sw, target].add(sign * amp_wt * self.bn2)
-        for x, xb, n in ((sw, swb, n2), (sv, svb, n1)):
-            if xb is not None:
-                half = self.inv_wt * jnp.ones(n, self.dtype) / 2
-                jac = jac.at[xb, x].set(-jnp.diag(half))
-                jac = jac.at[xb, xb].set(-jnp.diag(self.inv_w0 + half))
+            target, sign = (out["vb"], 1.0) if self.v_bank == "opamp" else (out["v"], -1.0)
+            smat = smat.at[:, target].add(sign * self.bn2)
+        rows = {"v": -(self.tia_wt * jnp.ones(n1, dt))[:, None] * rmat}
+        rows["w"] = (self.amp_wt * jnp.ones(n2, dt))[:, None] * smat
+        for name, x in (("wb", "w"), ("vb", "v")):
+            if name in out:
+                m = out[name].stop - out[name].start
+                half = -jnp.diag(self.inv_wt * jnp.ones(m, dt) / 2)
+                rows[name] = jnp.zeros((m, n), dt).at[:, out[x]].set(half)
+                rows[name] = rows[name].at[:, out[name]].add(half)
+        jac = jnp.zeros((n, n), dt)
+        for name, m, w0, _, wp2 in self._banks():
+            fx = first[name]
+            jac = jac.at[fx, :].set(rows[name])
+            jac = jac.at[fx, fx].add(-jnp.diag(w0 * jnp.ones(m, dt)))
+            if wp2 is not None:
+                rate = jnp.diag(wp2 * jnp.ones(m, dt))
+                jac = jac.at[out[name], fx].set(rate).at[out[name], out[name]].set(-rate)
         return jac
 
     def _beta(self, bank):
@@ -219,24 +283,40 @@ class _GINVDynamics(AbstractDynamics):
         return jnp.ones((), self.dtype) if bank == "ideal" else jnp.zeros((), self.dtype)
 
     def steady_state(self):
-        # Eliminate the inverters (xbar = -beta x) and the TIAs (v = -(B_eff w + c1)/e1): one
-        # n2 x n2 solve instead of the dense n_states solve.
+        # Eliminate the inverters (xbar = -beta x) and the TIAs (v = -E1^-1 (B_eff w + c1),
+        # E1 = F1 + w0/wT): one n2 x n2 solve instead of the dense n_states solve. A second
+        # pole is a unity-gain low-pass: its first-pole state equals the output at equilibrium.
         n1, n2 = self._sizes
-        ones1, ones2 = jnp.ones(n1, self.dtype), jnp.ones(n2, self.dtype)
+        dt = self.dtype
+        ones1, ones2 = jnp.ones(n1, dt), jnp.ones(n2, dt)
         beta_w, beta_v = self._beta(self.w_bank), self._beta(self.v_bank)
         b_eff = self.bp1 - beta_w * self.bn1
         c_eff = self.bp2 - beta_v * self.bn2
-        e1 = (self.f1 + self.tia_w0 / self.tia_wt) * ones1
-        diag = (self.l2 * beta_w + self.amp_w0 / self.amp_wt) * ones2
-        m = c_eff @ (b_eff / e1[:, None]) + jnp.diag(diag)
-        w = solve(m, self.c2 - c_eff @ (self.c1 / e1))
-        v = -(b_eff @ w + self.c1) / e1
-        parts = [w, v] if self.output == "w" else [v, w]
-        if self.w_bank == "opamp":
-            parts.append(-beta_w * w)
-        if self.v_bank == "opamp":
-            parts.append(-beta_v * v)
+        if self.f1.ndim < 2:
+            e1 = (self.f1 + self.tia_w0 / self.tia_wt) * ones1
+            eb, ec = b_eff / e1[:, None], self.c1 / e1
+        else:
+            e1 = self.f1 + jnp.diag(self.tia_w0 / self.tia_wt * ones1)
+            sol = solve(e1, jnp.concatenate([b_eff, self.c1[:, None]], axis=1))
+            eb, ec = sol[:, :-1], sol[:, -1]
+        m = c_eff @ eb + beta_w * _dense(self.l2, n2, dt)
+        m = m + jnp.diag(self.amp_w0 / self.amp_wt * ones2)
+        w = solve(m, self.c2 - c_eff @ ec)
+        v = -(eb @ w + ec)
+        values = {"v": v, "w": w, "wb": -beta_w * w, "vb": -beta_v * v}
+        banks = self._banks()
+        parts = [values[name] for name, *_ in banks]
+        parts += [values[name] for name, *_, wp2 in banks if wp2 is not None]
         return jnp.concatenate(parts)
+
+
+def _apply(f, x):
+    """A diagonal (vector) or dense operator applied to `x`."""
+    return f * x if f.ndim < 2 else f @ x
+
+
+def _dense(f, n, dtype):
+    return jnp.diag(f * jnp.ones(n, dtype)) if f.ndim < 2 else f
 
 
 # ------------------------------------------------------------------------------------------
@@ -309,19 +389,37 @@ def _check_g_f(g_f, n1):
     check_positive("g_f", g_f)
 
 
-def _amps(a0, f_gbw, inverter_a0, inverter_f_gbw):
+def _amps(a0, f_gbw, inverter_a0, inverter_f_gbw, f_p2=None, inverter_f_p2=None):
     _check_scalar("a0", a0, allow_inf=True)
     _check_scalar("f_gbw", f_gbw)
     if inverter_a0 is not None:
         _check_scalar("inverter_a0", inverter_a0, allow_inf=True)
     if inverter_f_gbw is not None:
         _check_scalar("inverter_f_gbw", inverter_f_gbw)
-    amp = OpAmp(a0, f_gbw)
+    for name, value in (("f_p2", f_p2), ("inverter_f_p2", inverter_f_p2)):
+        if value is not None:
+            _check_scalar(name, value, allow_inf=True)
+    # None, or inf: a single pole (as for INV); the inverters default to the main f_p2.
+    f_p2 = _check_f_p2("f_p2", f_p2)
+    inverter_f_p2 = f_p2 if inverter_f_p2 is None else _check_f_p2("inverter_f_p2", inverter_f_p2)
+    amp = OpAmp(a0, f_gbw, f_p2=f_p2)
     inverter = OpAmp(
         a0 if inverter_a0 is None else inverter_a0,
         f_gbw if inverter_f_gbw is None else inverter_f_gbw,
+        f_p2=inverter_f_p2,
     )
     return amp, inverter
+
+
+def _wire_options(r_w, r_w_col):
+    """(r_w, r_w_col) as arrays, or (None, None) for ideal wires (as `amcdyn.INV`)."""
+    if r_w is None and r_w_col is None:
+        return None, None
+    for name, value in (("r_w", r_w), ("r_w_col", r_w_col)):
+        if value is not None:
+            _check_resistance(name, value)
+    r_row = 0.0 if r_w is None else r_w
+    return jnp.asarray(r_row), jnp.asarray(r_row if r_w_col is None else r_w_col)
 
 
 # Safety factor on the op-amp-inverter stability rule G_f >= 2 (f/f') G0 sigma_max^2 / min D2:
@@ -372,11 +470,16 @@ def _check_fields(circuit):
     _check_inverters(circuit.inverters)
     for name in ("amp", "tia", "inverter"):
         amp = getattr(circuit, name)
-        # The two-stage loop is modelled with single-pole, offset-free op-amps only.
-        if amp.f_p2 is not None:
-            raise ValueError(f"`{name}` must be a single-pole OpAmp (f_p2=None) for GINV/Ridge")
+        if not isinstance(amp, OpAmp):
+            raise ValueError(f"`{name}` must be an amcdyn.OpAmp, got {amp!r}")
+        # One or two poles; the loop is modelled with offset-free, linear op-amps.
         if is_concrete(amp.v_os) and np.any(np.asarray(amp.v_os) != 0):
             raise ValueError(f"`{name}` must have no input offset (v_os=0) for GINV/Ridge")
+    if (circuit.r_w is None) != (circuit.r_w_col is None):
+        raise ValueError("`r_w` and `r_w_col` must both be set (wires) or both be None")
+    for name in ("r_w", "r_w_col"):
+        if getattr(circuit, name) is not None:
+            _check_resistance(name, getattr(circuit, name))
 
 
 def _sizes(a, mode):
@@ -408,32 +511,137 @@ def _arrays(circuit, v_bank):
     return bp, bn, cp, cn, i1, i2
 
 
+def _wire_corrections(circuit, signed):
+    """The wired crossbars' corrections to the ideal admittances, in the loop's orientation.
+
+    Every array is reduced in its physical orientation (the stored `(p, q)` matrix, row lines
+    of resistance `r_w`, column lines `r_w_col`, every line's terminal at its index-0 end; see
+    `amcdyn._wires`), all of them in one batched `amcdyn._wires` reduction. Which lines are
+    summing lines depends on the array and the mode (module docstring, "Wire resistance").
+
+    Returns `[(dss, dsd) for B+, B-, C+, C-]` (None for the negative arrays of an unsigned
+    matrix): the summing-node block $\\Delta Y_{ss}$ and the summing-to-driver block
+    $\\Delta Y_{sd}$ (S), with $Y_{ss} = \\mathrm{diag}(\\text{line sums}) + \\Delta Y_{ss}$ and
+    $Y_{sd} = -B + \\Delta Y_{sd}$ ($B$: array 1 as `(n1, n2)`, array 2 as `(n2, n1)`).
+    """
+    gp2 = circuit.g_pos if circuit.g_pos_2 is None else circuit.g_pos_2
+    gn2 = circuit.g_neg if circuit.g_neg_2 is None else circuit.g_neg_2
+    arrays = [circuit.g_pos, gp2] + ([circuit.g_neg, gn2] if signed else [])
+    dtype = jnp.result_type(*arrays, circuit.r_w, float)
+    r_row = jnp.asarray(circuit.r_w, dtype)
+    r_col = r_row if circuit.r_w_col is None else jnp.asarray(circuit.r_w_col, dtype)
+    d_rr, d_rc, d_cc = jax.vmap(_corrections, in_axes=(0, None, None))(
+        jnp.stack([jnp.asarray(g, dtype) for g in arrays]), r_row, r_col
+    )
+    # Array 1 sums on its rows for the left inverse (TIAs on the rows of A), on its columns
+    # for the right one; array 2 the other way round.
+    rows_sum = [circuit.mode == "left", circuit.mode == "right"] * (2 if signed else 1)
+    out = [
+        (d_rr[k], d_rc[k]) if on_rows else (d_cc[k], d_rc[k].T)
+        for k, on_rows in enumerate(rows_sum)
+    ]
+    if signed:
+        return out[0], out[2], out[1], out[3]
+    return out[0], None, out[1], None
+
+
+def _reduce_node(d, dss, drives, const):
+    """Operators of a wired summing node: solve $(D + \\Delta Y_{ss}) u = \\sum_k G_k x_k + I$.
+
+    `d`: the ideal total conductance of each node (S); `drives`: the `(n, k)` conductance
+    blocks towards the driving voltages (with $-\\Delta Y_{sd}$ already added); `const`: the
+    injected current (A). Dividing by `d` first makes zero wires give the ideal operators.
+    Returns the blocks of $u$ (dimensionless) and its constant part (V)."""
+    n = d.shape[0]
+    mat = jnp.eye(n, dtype=d.dtype) + dss / d[:, None]
+    rhs = jnp.concatenate([g / d[:, None] for g in drives] + [(const / d)[:, None]], axis=1)
+    sol = solve(mat, rhs)
+    parts, k = [], 0
+    for g in drives:
+        parts.append(sol[:, k : k + g.shape[1]])
+        k += g.shape[1]
+    return parts, sol[:, -1]
+
+
+def _wired_operators(circuit, g_lambda, bp, bn, cp, cn, i1, i2, signed):
+    """(bp1, bn1, f1, c1, bp2, bn2, l2, c2) of `_GINVDynamics` with wire resistance.
+
+    KCL at the summing terminals of the reduced arrays, with $G_f$, $G_\\lambda$, the balance
+    conductances and the input currents at the terminals (module docstring). Single-ended:
+    $(Y^+_{ss} + Y^-_{ss} + G_f) r = I_1 + G_f v - Y^+_{sd} w - Y^-_{sd}\\bar w$ (and the same for
+    $s$ with $G_\\lambda\\bar w$). Differential: the two inputs of each op-amp are separate
+    nodes, each with its own array, both with the ideal total $D$."""
+    n1, n2 = bp.shape
+    dtype = bp.dtype
+    g_f = circuit.g_f * jnp.ones(n1, dtype)
+    g_l = g_lambda * jnp.ones(n2, dtype)
+    (dbp_ss, dbp_sd), neg1, (dcp_ss, dcp_sd), neg2 = _wire_corrections(circuit, signed)
+    zeros = (jnp.zeros((n1, n1), dtype), jnp.zeros((n1, n2), dtype))
+    dbn_ss, dbn_sd = zeros if neg1 is None else neg1
+    zeros = (jnp.zeros((n2, n2), dtype), jnp.zeros((n2, n1), dtype))
+    dcn_ss, dcn_sd = zeros if neg2 is None else neg2
+    ap, an = bp - dbp_sd, bn - dbn_sd  # array 1's drive blocks, (n1, n2)
+    cpt, cnt = cp.T - dcp_sd, cn.T - dcn_sd  # array 2's, (n2, n1)
+    if circuit.inverters == "differential":
+        # r (- input: B+, G_f, I1) and rp (+ input: B-) are separate nodes, both at total d1;
+        # the TIA sees r - rp, i.e. B- acts through wbar = -w. Likewise s (+: C+, I2) and
+        # sm (-: C-, G_lambda w).
+        d1 = jnp.maximum(jnp.sum(bp, axis=1) + g_f, jnp.sum(bn, axis=1))
+        d2 = jnp.maximum(jnp.sum(cp, axis=0), jnp.sum(cn, axis=0) + g_l)
+        (bp1, f1), c1 = _reduce_node(d1, dbp_ss, [ap, jnp.diag(g_f)], i1)
+        (bn1,), _ = _reduce_node(d1, dbn_ss, [an], jnp.zeros(n1, dtype))
+        (bp2,), c2 = _reduce_node(d2, dcp_ss, [cpt], i2)
+        (bn2, l2), _ = _reduce_node(d2, dcn_ss, [cnt, jnp.diag(g_l)], jnp.zeros(n2, dtype))
+        return bp1, bn1, f1, c1, bp2, bn2, l2, c2
+    d1 = jnp.sum(bp + bn, axis=1) + g_f
+    d2 = jnp.sum(cp + cn, axis=0) + g_l
+    (bp1, bn1, f1), c1 = _reduce_node(d1, dbp_ss + dbn_ss, [ap, an, jnp.diag(g_f)], i1)
+    (bp2, bn2, l2), c2 = _reduce_node(d2, dcp_ss + dcn_ss, [cpt, cnt, jnp.diag(g_l)], i2)
+    return bp1, bn1, f1, c1, bp2, bn2, l2, c2
+
+
 def _dynamics(circuit, g_lambda, w_bank, v_bank) -> _GINVDynamics:
     """The loop's ODE for a GINV/Ridge circuit (see the module docstring)."""
     bp, bn, cp, cn, i1, i2 = _arrays(circuit, v_bank)
     n1, n2 = bp.shape
-    if circuit.inverters == "differential":
+    if circuit.r_w is not None:
+        ops = _wired_operators(circuit, g_lambda, bp, bn, cp, cn, i1, i2, v_bank != "none")
+    elif circuit.inverters == "differential":
         # B- (and G_lambda) sit on the op-amp's other input; a conductance to ground balances
         # the two inputs to the larger total, so v+ - v- = (sum of signed currents) / D.
         d1 = jnp.maximum(jnp.sum(bp, axis=1) + circuit.g_f, jnp.sum(bn, axis=1))
         d2 = jnp.maximum(jnp.sum(cp, axis=0), jnp.sum(cn, axis=0) + g_lambda)
-        w_bank = "ideal" if w_bank == "differential" else w_bank
-        v_bank = "ideal" if v_bank == "differential" else v_bank
     else:
         d1 = jnp.sum(bp + bn, axis=1) + circuit.g_f
         d2 = jnp.sum(cp + cn, axis=0) + g_lambda
+    if circuit.r_w is None:
+        ops = (
+            bp / d1[:, None],
+            bn / d1[:, None],
+            circuit.g_f / d1,
+            i1 / d1,
+            cp.T / d2[:, None],
+            cn.T / d2[:, None],
+            g_lambda / d2,
+            i2 / d2,
+        )
+    if circuit.inverters == "differential":
+        w_bank = "ideal" if w_bank == "differential" else w_bank
+        v_bank = "ideal" if v_bank == "differential" else v_bank
     inv = circuit.inverter
     real = "opamp" in (w_bank, v_bank)
-    n_inv = (n2 if w_bank == "opamp" else 0) + (n1 if v_bank == "opamp" else 0)
+    sizes = [n1, n2] + [n2] * (w_bank == "opamp") + [n1] * (v_bank == "opamp")
+    poles = [circuit.tia.two_pole, circuit.amp.two_pole] + [inv.two_pole] * (len(sizes) - 2)
+    bp1, bn1, f1, c1, bp2, bn2, l2, c2 = ops
     return _GINVDynamics(
-        bp1=bp / d1[:, None],
-        bn1=bn / d1[:, None],
-        f1=circuit.g_f / d1,
-        c1=i1 / d1,
-        bp2=cp.T / d2[:, None],
-        bn2=cn.T / d2[:, None],
-        l2=g_lambda / d2,
-        c2=i2 / d2,
+        bp1=bp1,
+        bn1=bn1,
+        f1=f1,
+        c1=c1,
+        bp2=bp2,
+        bn2=bn2,
+        l2=l2,
+        c2=c2,
         tia_w0=circuit.tia.w0,
         tia_wt=circuit.tia.w_t,
         amp_w0=circuit.amp.w0,
@@ -443,8 +651,11 @@ def _dynamics(circuit, g_lambda, w_bank, v_bank) -> _GINVDynamics:
         w_bank=w_bank,
         v_bank=v_bank,
         output="w" if circuit.mode == "left" else "v",
-        n_states=n1 + n2 + n_inv,
+        n_states=sum(sizes) + sum(n for n, p in zip(sizes, poles) if p),
         n_outputs=n2 if circuit.mode == "left" else n1,
+        tia_wp2=circuit.tia.w_p2,
+        amp_wp2=circuit.amp.w_p2,
+        inv_wp2=inv.w_p2 if real else None,
     )
 
 
@@ -548,7 +759,9 @@ class GINV(AbstractCircuit):
 
     The equations, finite-gain steady state, stability and the settling rate
     ($\propto\sigma_{\min}(A)^2$) are in the docstring of `amcdyn._ginv`. Stable for every
-    full-rank $A$, whatever its signs. Build one with [`amcdyn.GINV.from_matrix`][].
+    full-rank $A$, whatever its signs (with single-pole op-amps). Two-pole op-amps (`f_p2`)
+    add one state each; wire resistance (`r_w`, `r_w_col`) is reduced exactly onto the
+    amplifier terminals (module docstring). Build one with [`amcdyn.GINV.from_matrix`][].
     """
 
     kind: ClassVar[str] = "ginv"
@@ -568,6 +781,9 @@ class GINV(AbstractCircuit):
     # Array 2's own conductances (same orientation as `g_pos`); None: a copy of array 1.
     g_pos_2: Float[Array, "p q"] | None = None
     g_neg_2: Float[Array, "p q"] | None = None
+    # Wire segment resistance (Ω) of every row line / column line of both arrays; None: ideal.
+    r_w: Float[Array, ""] | None = None
+    r_w_col: Float[Array, ""] | None = None
 
     def __check_init__(self):
         _check_fields(self)
@@ -586,6 +802,10 @@ class GINV(AbstractCircuit):
         inverters: Literal["opamp", "ideal", "differential"] = "opamp",
         inverter_a0: float | Float[ArrayLike, ""] | None = None,
         inverter_f_gbw: float | Float[ArrayLike, ""] | None = None,
+        f_p2: float | Float[ArrayLike, ""] | None = None,
+        inverter_f_p2: float | Float[ArrayLike, ""] | None = None,
+        r_w: float | Float[ArrayLike, ""] | None = None,
+        r_w_col: float | Float[ArrayLike, ""] | None = None,
     ) -> "GINV":
         """Map $A$ to $G^\\pm = G_0 A^\\pm$ in both arrays.
 
@@ -612,17 +832,31 @@ class GINV(AbstractCircuit):
           balances both inputs to $D = \\max(D^+, D^-)$; a two-pole loop, stable for any
           $G_f$, and faster since $D$ is a max rather than a sum).
         - `inverter_a0`, `inverter_f_gbw`: the inverters' op-amps (default: the main ones).
+        - `f_p2`: second pole (Hz, > 0) of every main op-amp (TIAs and second stage), a
+          scalar; `None` or `inf` (default): single pole. See [`amcdyn.OpAmp`][]: each
+          two-pole op-amp adds one internal state. The default `g_f` ignores it: a low
+          `f_p2` can make the loop ring or go unstable, which the eigenvalues (and the
+          status of a simulation) report.
+        - `inverter_f_p2`: the op-amp inverters' second pole (Hz); default `f_p2` (pass `inf`
+          for single-pole inverters behind two-pole main op-amps).
+        - `r_w`: wire resistance (Ω, >= 0) of every row-line segment of both arrays (and of
+          every column-line segment unless `r_w_col` is given); `None` (default): ideal
+          wires. Each array is reduced exactly onto its terminals (`amcdyn._wires`); see
+          "Wire resistance" in `amcdyn._ginv`.
+        - `r_w_col`: column-line segment resistance (Ω); default `r_w` (0 if only it is given).
 
         **Raises:** `ValueError` naming the argument for a wrong shape (`a` not 2-D, tall/wide
         not matching `mode`, `b` of the wrong length), non-finite entries, a rank-deficient
-        `a`, non-positive `g0`/`g_f`/`a0`/`f_gbw`, or an unknown option.
+        `a`, non-positive `g0`/`g_f`/`a0`/`f_gbw`/`f_p2`, a negative or non-finite `r_w`, or an
+        unknown option.
         """
         _check_mode(mode)
         _check_problem(a, b, mode, need_full_rank=True)
         _check_inverters(inverters)
         check_positive("g0", g0)
         _check_g_f(g_f, _sizes(a, mode)[0])
-        amp, inverter = _amps(a0, f_gbw, inverter_a0, inverter_f_gbw)
+        amp, inverter = _amps(a0, f_gbw, inverter_a0, inverter_f_gbw, f_p2, inverter_f_p2)
+        r_w, r_w_col = _wire_options(r_w, r_w_col)
         a, b, g0 = jnp.asarray(a), jnp.asarray(b), jnp.asarray(g0)
         signed = _is_signed(a)
         if g_f is None:
@@ -642,6 +876,8 @@ class GINV(AbstractCircuit):
             mode=mode,
             inverters=inverters,
             signed=signed,
+            r_w=r_w,
+            r_w_col=r_w_col,
         )
 
     def _banks(self):
@@ -676,7 +912,9 @@ class GINV(AbstractCircuit):
         second-stage node $s_j$ likewise; device $(i, j)$ dissipates
         $B^\pm_{ij}(x_j - r_i)^2$, and an inverter $G_\mathrm{inv}(x - \bar x)^2/2$ (its node
         sits at $(x + \bar x)/2$). The input current sources' own power is not counted.
-        Quadratic in `y`.
+        Quadratic in `y`. With wire resistance the devices are counted at the ideal
+        crossbar's node voltages and the wires' own dissipation is left out (as for
+        [`amcdyn.INV`][]).
 
         **Arguments:**
 
@@ -721,6 +959,9 @@ class Ridge(AbstractCircuit):
     # Array 2's own conductances (same orientation as `g_pos`); None: a copy of array 1.
     g_pos_2: Float[Array, "p q"] | None = None
     g_neg_2: Float[Array, "p q"] | None = None
+    # Wire segment resistance (Ω) of every row line / column line of both arrays; None: ideal.
+    r_w: Float[Array, ""] | None = None
+    r_w_col: Float[Array, ""] | None = None
 
     def __check_init__(self):
         _check_fields(self)
@@ -741,10 +982,15 @@ class Ridge(AbstractCircuit):
         inverters: Literal["opamp", "ideal", "differential"] = "opamp",
         inverter_a0: float | Float[ArrayLike, ""] | None = None,
         inverter_f_gbw: float | Float[ArrayLike, ""] | None = None,
+        f_p2: float | Float[ArrayLike, ""] | None = None,
+        inverter_f_p2: float | Float[ArrayLike, ""] | None = None,
+        r_w: float | Float[ArrayLike, ""] | None = None,
+        r_w_col: float | Float[ArrayLike, ""] | None = None,
     ) -> "Ridge":
         """Map $A$ to $G^\\pm = G_0 A^\\pm$ and $\\lambda$ to $G_\\lambda = \\lambda G_0^2/G_f$.
 
-        **Arguments:** as [`amcdyn.GINV.from_matrix`][], plus `lam`, the regularization
+        **Arguments:** as [`amcdyn.GINV.from_matrix`][] (including the second pole `f_p2`,
+        `inverter_f_p2` and the wires `r_w`, `r_w_col`), plus `lam`, the regularization
         $\\lambda \\ge 0$ (dimensionless; MMSE: the noise variance over the symbol energy, per
         real dimension). `g_f` must be a scalar here (one $G_\\lambda$ per output realizes one
         $\\lambda$).
@@ -765,7 +1011,8 @@ class Ridge(AbstractCircuit):
         check_positive("g0", g0)
         if g_f is not None:
             _check_scalar("g_f", g_f)
-        amp, inverter = _amps(a0, f_gbw, inverter_a0, inverter_f_gbw)
+        amp, inverter = _amps(a0, f_gbw, inverter_a0, inverter_f_gbw, f_p2, inverter_f_p2)
+        r_w, r_w_col = _wire_options(r_w, r_w_col)
         a, b, g0, lam = jnp.asarray(a), jnp.asarray(b), jnp.asarray(g0), jnp.asarray(lam)
         signed = _is_signed(a)
         if g_f is None:
@@ -788,6 +1035,8 @@ class Ridge(AbstractCircuit):
             mode=mode,
             inverters=inverters,
             signed=signed,
+            r_w=r_w,
+            r_w_col=r_w_col,
         )
 
     def _banks(self):

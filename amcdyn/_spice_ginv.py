@@ -17,6 +17,14 @@ $B$ ($n_1\\times n_2$) the matrix seen by the TIAs ($G$ for `mode="left"`, $G^\\
   and two resistors 1/g_inv, or ideal VCVS (gain -1).
 - differential: balance resistors to ground (`Rbal1_{i}`, `Rbal2_{j}`) bring both inputs of
   each op-amp to the same total conductance.
+- second poles (`f_p2`): every op-amp is `amcdyn._spice._opamp`, the same one- or two-pole
+  macromodel (RC stage and buffer after the first-pole node) as INV's netlist.
+- wire resistance (`r_w`, `r_w_col`): each array is written as its full resistive grid by
+  `amcdyn._spice._crossbar_lines` (tags `P1`, `N1`, `P2`, `N2`), in its physical orientation
+  (the stored `(p, q)` matrix: row lines `r_w`, column lines `r_w_col`, every terminal at its
+  line's index-0 end); its summing lines end on the op-amp input nodes above, its driven
+  lines on the op-amp outputs. $G_f$, $G_\\lambda$, the balance resistors and the input
+  currents sit on the terminals.
 """
 
 from __future__ import annotations
@@ -61,6 +69,40 @@ def _balance(name: str, node: str, g: float, total: float) -> list[str]:
     return [f"{name} {node} 0 {_spice._num(1.0 / extra)}"]
 
 
+def _wire_resistances(circuit) -> tuple[float, float]:
+    if circuit.r_w is None:
+        return 0.0, 0.0
+    r_col = circuit.r_w if circuit.r_w_col is None else circuit.r_w_col
+    return _spice._wire_resistances(float(_f64(circuit.r_w)), float(_f64(r_col)))
+
+
+def _wired_arrays(circuit, gp, gn, gp2, gn2, diff, r_row, r_col) -> list[str]:
+    """The four arrays as full resistive grids. `gp`, `gn` are array 1 as `(n1, n2)` (TIA
+    rows), `gp2`, `gn2` array 2 as `(n1, n2)` (driven by the TIAs); each is written in its
+    physical orientation, `(n1, n2)` for the left inverse and transposed for the right."""
+    n1, n2 = gp.shape
+    r_nodes = [f"r{i}" for i in range(n1)]
+    s_nodes = [f"s{j}" for j in range(n2)]
+    v_nodes = [f"v{i}" for i in range(n1)]
+    w_nodes = [f"w{j}" for j in range(n2)]
+    # (tag, array as (n1, n2), n1-side terminals, n2-side terminals)
+    arrays = [("P1", gp, r_nodes, w_nodes), ("P2", gp2, v_nodes, s_nodes)]
+    if np.any(gn > 0) or np.any(gn2 > 0):
+        if diff:
+            arrays.append(("N1", gn, [f"rp{i}" for i in range(n1)], w_nodes))
+            arrays.append(("N2", gn2, v_nodes, [f"sm{j}" for j in range(n2)]))
+        else:
+            arrays.append(("N1", gn, r_nodes, [f"wb{j}" for j in range(n2)]))
+            arrays.append(("N2", gn2, [f"vb{i}" for i in range(n1)], s_nodes))
+    lines = []
+    for tag, g, t1, t2 in arrays:
+        if circuit.mode == "left":
+            lines += _spice._crossbar_lines(tag, g, t1, t2, r_row, r_col)
+        else:
+            lines += _spice._crossbar_lines(tag, g.T, t2, t1, r_row, r_col)
+    return lines
+
+
 def netlist(circuit: GINV | Ridge, *, t_stop: float, t_step: float, tight: bool = True) -> str:
     """The ngspice netlist of `circuit`'s step response (all op-amp outputs start at 0 V)."""
     n1, n2 = _sizes(circuit)
@@ -89,6 +131,8 @@ def netlist(circuit: GINV | Ridge, *, t_stop: float, t_step: float, tight: bool 
     tia_f = _spice._per_amp("f_gbw", circuit.tia.f_gbw, n1)
     amp_a0 = _spice._per_amp("a0", circuit.amp.a0, n2, allow_inf=True)
     amp_f = _spice._per_amp("f_gbw", circuit.amp.f_gbw, n2)
+    tia_p2 = _spice._amp_extras(n1, circuit.tia.f_p2, None)[0]
+    amp_p2 = _spice._amp_extras(n2, circuit.amp.f_p2, None)[0]
     g_inv = float(_f64(circuit.g_inv))
     t_stop, t_step = _spice._time(t_stop, t_step)
     diff = circuit.inverters == "differential"
@@ -104,28 +148,36 @@ def netlist(circuit: GINV | Ridge, *, t_stop: float, t_step: float, tight: bool 
     lines.append("* TIAs: - = r{i}, out = v{i}")
     for i in range(n1):
         plus = f"rp{i}" if diff else "0"
-        lines += _spice._opamp(f"t{i}", plus, f"r{i}", f"v{i}", float(tia_a0[i]), float(tia_f[i]))
+        lines += _spice._opamp(
+            f"t{i}", plus, f"r{i}", f"v{i}", float(tia_a0[i]), float(tia_f[i]), float(tia_p2[i])
+        )
         lines.append(f"Rfb{i} r{i} v{i} {num(1.0 / g_f[i])}")
     lines.append("* second stage: + = s{j}, out = w{j}")
     for j in range(n2):
         minus = f"sm{j}" if diff else "0"
-        lines += _spice._opamp(f"a{j}", f"s{j}", minus, f"w{j}", float(amp_a0[j]), float(amp_f[j]))
+        lines += _spice._opamp(
+            f"a{j}", f"s{j}", minus, f"w{j}", float(amp_a0[j]), float(amp_f[j]), float(amp_p2[j])
+        )
     lines.append("* inputs")
     node = "r" if circuit.mode == "left" else "s"
     for k, value in enumerate(i_in):
         if value != 0:
             lines.append(f"Iin{k} 0 {node}{k} DC {num(value)}")
     lines.append("* array 1 (TIA side) and array 2 (second-stage side)")
-    for i, j in zip(*np.nonzero(gp > 0)):
-        lines.append(f"R1p{i}_{j} r{i} w{j} {num(1.0 / gp[i, j])}")
-    for i, j in zip(*np.nonzero(gp2 > 0)):
-        lines.append(f"R2p{i}_{j} s{j} v{i} {num(1.0 / gp2[i, j])}")
-    for i, j in zip(*np.nonzero(gn > 0)):
-        r = num(1.0 / gn[i, j])
-        lines.append(f"R1n{i}_{j} rp{i} w{j} {r}" if diff else f"R1n{i}_{j} r{i} wb{j} {r}")
-    for i, j in zip(*np.nonzero(gn2 > 0)):
-        r = num(1.0 / gn2[i, j])
-        lines.append(f"R2n{i}_{j} sm{j} v{i} {r}" if diff else f"R2n{i}_{j} s{j} vb{i} {r}")
+    r_row, r_col = _wire_resistances(circuit)
+    if r_row > 0 or r_col > 0:
+        lines += _wired_arrays(circuit, gp, gn, gp2, gn2, diff, r_row, r_col)
+    else:
+        for i, j in zip(*np.nonzero(gp > 0)):
+            lines.append(f"R1p{i}_{j} r{i} w{j} {num(1.0 / gp[i, j])}")
+        for i, j in zip(*np.nonzero(gp2 > 0)):
+            lines.append(f"R2p{i}_{j} s{j} v{i} {num(1.0 / gp2[i, j])}")
+        for i, j in zip(*np.nonzero(gn > 0)):
+            r = num(1.0 / gn[i, j])
+            lines.append(f"R1n{i}_{j} rp{i} w{j} {r}" if diff else f"R1n{i}_{j} r{i} wb{j} {r}")
+        for i, j in zip(*np.nonzero(gn2 > 0)):
+            r = num(1.0 / gn2[i, j])
+            lines.append(f"R2n{i}_{j} sm{j} v{i} {r}" if diff else f"R2n{i}_{j} s{j} vb{i} {r}")
     for j in np.flatnonzero(g_lam > 0):
         r = num(1.0 / g_lam[j])
         lines.append(f"Rlam{j} sm{j} w{j} {r}" if diff else f"Rlam{j} s{j} wb{j} {r}")
@@ -146,12 +198,19 @@ def netlist(circuit: GINV | Ridge, *, t_stop: float, t_step: float, tight: bool 
         lines.append(f"* inverters: {out}b{{k}} = -{out}{{k}}")
         ia0 = _spice._per_amp("inverter_a0", circuit.inverter.a0, n, allow_inf=True)
         if_ = _spice._per_amp("inverter_f_gbw", circuit.inverter.f_gbw, n)
+        ip2 = _spice._amp_extras(n, circuit.inverter.f_p2, None, "inverter_")[0]
         for k in range(n):
             if inv == "ideal":
                 lines.append(f"E{out}b{k} {out}b{k} 0 {out}{k} 0 -1")
                 continue
             lines += _spice._opamp(
-                f"i{bank}{k}", "0", f"m{bank}{k}", f"{out}b{k}", float(ia0[k]), float(if_[k])
+                f"i{bank}{k}",
+                "0",
+                f"m{bank}{k}",
+                f"{out}b{k}",
+                float(ia0[k]),
+                float(if_[k]),
+                float(ip2[k]),
             )
             r = num(1.0 / g_inv)
             lines.append(f"R{bank}i{k} {out}{k} m{bank}{k} {r}")

@@ -72,6 +72,28 @@ def max_err_fs(v, v_exact, v_ss):
     return float(np.max(np.abs(np.asarray(v) - np.asarray(v_exact))) / np.max(np.abs(v_ss)))
 
 
+def value_and_jacrev(f, argnums=0):
+    """`jit(f)` and `jit(jacrev(f, argnums))` as one compiled program.
+
+    Returns `call(*args) -> (f(*args), jacobian)`: the value is the forward pass of the same
+    reverse-mode program (`has_aux`), so a test that needs values at central-difference points
+    and the reverse-mode Jacobian at one point compiles once instead of twice.
+    """
+    import jax
+
+    def both(*args):
+        out = f(*args)
+        return out, out
+
+    jac_and_value = jax.jit(jax.jacrev(both, argnums=argnums, has_aux=True))
+
+    def call(*args):
+        jac, value = jac_and_value(*args)
+        return value, jac
+
+    return call
+
+
 def strict_json(text):
     """`json.loads` that refuses NaN/Infinity (the CLI writes them as null)."""
 

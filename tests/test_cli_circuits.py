@@ -414,10 +414,10 @@ BAD = [
         "> 0",
     ),
     (
-        "ginv-wire-r",
-        lambda d: ["simulate", "ginv", "--matrix", "random-dd:2", "--wire-r", "1"],
+        "zf-wire-r",  # GINV/Ridge take --wire-r (tests/test_ginv_nonideal.py); ZF does not
+        lambda d: ["simulate", "zf-detect", "--wire-r", "1"],
         "--wire-r",
-        "not supported for ginv",
+        "not supported for zf-detect",
     ),
     (
         "ridge-offset",
