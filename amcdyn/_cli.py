@@ -827,10 +827,10 @@ _SOLVER_FLAGS = {
 }
 _MACRO_FLAGS = {**_RUN_FLAGS, "function": "--function", "matrix": "--matrix", "rhs": "--rhs",
                 "lam": "--lam", "tiles": "--tiles", "a": "--matrix", "b": "--rhs"}
-_GINV_NONIDEAL_NOTE = (
-    "the ZF circuits are built with ideal wires and single-pole, offset-free op-amps "
-    "(`amcdyn simulate ginv` takes --wire-r and --f-p2)"
-)
+_GINV_NONIDEAL_NOTE = "input offsets are not modelled in the GINV/Ridge loop"
+# GINV and Ridge (and the ZF circuits built on GINV) model wire resistance and second poles.
+_GINV_NONIDEAL_FLAGS = {"r_w": "--wire-r", "r_w_col": "--wire-r", "f_p2": "--f-p2",
+                        "inverter_f_p2": "--f-p2"}
 
 
 def _shape_text(r: dict) -> str:
@@ -1048,7 +1048,7 @@ def _make_zf(args, prob, g0, amp_kwargs):
 
     build = _mimo.zf_precoder if args.circuit == "zf-precode" else _mimo.zf_detector
     circuit = build(prob.data["h"], prob.data["v"], g0=g0, g_f=args.g_f, a0=args.a0,
-                    f_gbw=args.gbw, inverters=args.inverters)
+                    f_gbw=args.gbw, inverters=args.inverters, **amp_kwargs)  # r_w, f_p2
     return circuit, _loop_params(circuit, args)
 
 
@@ -1515,10 +1515,8 @@ _GINV_LOOP = dict(
 # GINV and Ridge themselves model wire resistance and second poles (not offsets).
 _GINV_RIDGE = dict(
     _GINV_LOOP,
-    flags={**_GINV_FLAGS, "r_w": "--wire-r", "r_w_col": "--wire-r", "f_p2": "--f-p2",
-           "inverter_f_p2": "--f-p2"},
+    flags={**_GINV_FLAGS, **_GINV_NONIDEAL_FLAGS},
     nonideal=frozenset({"wire_r", "f_p2"}),
-    nonideal_note="input offsets are not modelled in the GINV/Ridge loop",
 )
 
 CIRCUITS: dict[str, CircuitSpec] = {
@@ -1569,8 +1567,9 @@ CIRCUITS: dict[str, CircuitSpec] = {
             "[Re x; Im x]; `solution_complex` the complex estimate; BER/SER against the sent "
             "symbols and against digital ZF.",
             lambda p, mc: _args_zf(p, mc, precode=False), _load_zf, _make_zf,
-            flags=_ZF_FLAGS, nonideal=frozenset(), nonideal_note=_GINV_NONIDEAL_NOTE,
-            extra=_extra_zf, headline=_headline_zf, hints=_GINV_HINTS,
+            flags={**_ZF_FLAGS, **_GINV_NONIDEAL_FLAGS}, nonideal=frozenset({"wire_r", "f_p2"}),
+            nonideal_note=_GINV_NONIDEAL_NOTE, extra=_extra_zf, headline=_headline_zf,
+            hints=_GINV_HINTS,
         ),
         CircuitSpec(
             "zf-precode", "massive-MIMO downlink ZF precoding (complex, real-equivalent GINV)",
@@ -1579,8 +1578,9 @@ CIRCUITS: dict[str, CircuitSpec] = {
             "[Re x; Im x]; BER/SER of the users' decisions on H x + noise against the sent "
             "symbols and against digital ZF.",
             lambda p, mc: _args_zf(p, mc, precode=True), _load_zf, _make_zf,
-            flags=_ZF_FLAGS, nonideal=frozenset(), nonideal_note=_GINV_NONIDEAL_NOTE,
-            extra=_extra_zf, headline=_headline_zf, hints=_GINV_HINTS,
+            flags={**_ZF_FLAGS, **_GINV_NONIDEAL_FLAGS}, nonideal=frozenset({"wire_r", "f_p2"}),
+            nonideal_note=_GINV_NONIDEAL_NOTE, extra=_extra_zf, headline=_headline_zf,
+            hints=_GINV_HINTS,
         ),
         CircuitSpec(
             "dft", "DFT/IDFT of a complex vector by one real-equivalent MVM (OFDM)",

@@ -414,9 +414,9 @@ BAD = [
         "> 0",
     ),
     (
-        "zf-wire-r",  # GINV/Ridge take --wire-r (tests/test_ginv_nonideal.py); ZF does not
-        lambda d: ["simulate", "zf-detect", "--wire-r", "1"],
-        "--wire-r",
+        "zf-offset",  # GINV, Ridge and ZF take --wire-r and --f-p2, not offsets
+        lambda d: ["simulate", "zf-detect", "--offset-v", "1e-3"],
+        "--offset-v",
         "not supported for zf-detect",
     ),
     (
