@@ -145,6 +145,10 @@ def _stage_loop(blk, rhs, steps):
     return jnp.take(blk, keep, axis=0)[:, steps:], jnp.take(rhs, keep, axis=0), rows, rrows
 
 
+# Jitted so that an eager call (e.g. a wire-resistance reduction outside any `jit`) is one
+# compiled program: op by op, the unrolled n = 16 elimination compiled ~240 small programs
+# (18.6 s against 3.9 s). Inside a trace it is inlined as usual.
+@jax.jit
 def _eliminate(a: Float[Array, "n n"], rhs: Float[Array, "n k"]) -> Float[Array, "n k"]:
     r"""$A^{-1}$ `rhs` by Gaussian elimination with partial pivoting on $[A \mid$ `rhs`$]$,
     then back substitution. The matrix and the right-hand side are kept apart, so that the
