@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 
 from amcdyn._xla_flags import disable_cpu_eigen_threads
 
@@ -12,6 +14,36 @@ import pytest
 
 
 jax.config.update("jax_enable_x64", True)
+
+_CACHE_ENV = "AMCDYN_TEST_COMPILATION_CACHE"
+
+
+def pytest_configure(config):
+    """One persistent JAX compilation cache per test session, shared by the xdist workers.
+
+    Compilation dominates the suite's time, and `_fresh_jax_caches` drops the in-memory
+    programs after every module; identical programs compiled again by a later module (or by the
+    other worker) are then read back from disk instead of recompiled. The directory is new for
+    each session (created by the controller, inherited by the workers through the environment)
+    and removed at its end, so no program outlives the code that produced it.
+    """
+    if not hasattr(config, "workerinput") and _CACHE_ENV not in os.environ:
+        config._amcdyn_cache_dir = tempfile.mkdtemp(prefix="amcdyn-test-jax-cache-")
+        os.environ[_CACHE_ENV] = config._amcdyn_cache_dir
+    path = os.environ.get(_CACHE_ENV)
+    if path and jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", path)
+        # Every program, the small ones too: eager calls (e.g. the plain-JAX solve outside jit)
+        # compile each primitive on its own, hundreds of them at ~50 ms each.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_amcdyn_cache_dir", None)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+        os.environ.pop(_CACHE_ENV, None)
 
 
 @pytest.fixture

@@ -21,7 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import exact_transient, linear_ode, max_err_fs, random_vector, well_conditioned
+from helpers import (
+    exact_transient,
+    linear_ode,
+    max_err_fs,
+    random_vector,
+    value_and_jacrev,
+    well_conditioned,
+)
 
 import amcdyn
 from amcdyn import _ngspice, _opamp
@@ -625,13 +632,13 @@ def test_grad_wrt_f_p2_and_v_os_analytic():
         )
         return jnp.stack([sol.settling_time / _T_MAX, sol.settle_integral / _T_MAX, sol.rel_error])
 
-    fn = jax.jit(measures)
+    # One compile: the values (for FD) and the reverse-mode Jacobian wrt both arguments.
+    both = value_and_jacrev(measures, argnums=(0, 1))
     x0, v0 = jnp.log(3e8), jnp.asarray(1e-3)
-    val = np.asarray(fn(x0, v0))
-    jac_f = np.asarray(jax.jit(jax.jacrev(measures, argnums=0))(x0, v0))
-    jac_v = np.asarray(jax.jit(jax.jacrev(measures, argnums=1))(x0, v0))
-    fd_f = np.asarray(_fd(lambda x: fn(x, v0), x0, 1e-6))
-    fd_v = np.asarray(_fd(lambda v: fn(x0, v), v0, 1e-9))
+    val, (jac_f, jac_v) = both(x0, v0)
+    val, jac_f, jac_v = np.asarray(val), np.asarray(jac_f), np.asarray(jac_v)
+    fd_f = np.asarray(_fd(lambda x: both(x, v0)[0], x0, 1e-6))
+    fd_v = np.asarray(_fd(lambda v: both(x0, v)[0], v0, 1e-9))
     print(f"d/dlog f_p2: AD {jac_f}, FD {fd_f}; d/dv_os: AD {jac_v}, FD {fd_v}")
     # (The equilibrium, hence rel_error, does not depend on f_p2: its derivative is 0.)
     assert np.all(np.isfinite(val)) and np.all(np.abs(jac_f[:2]) > 1e-4)
@@ -658,11 +665,10 @@ def test_grad_wrt_f_p2_simulate():
         )
         return jnp.concatenate([(sol.settle_integral / t_mid)[None], sol.v_final])
 
-    fn = jax.jit(measures)
+    fn = value_and_jacrev(measures)  # one compile: values (FD) and reverse-mode AD
     x0 = jnp.log(3e8)
-    val = np.asarray(fn(x0))
-    ad = np.asarray(jax.jit(jax.jacrev(measures))(x0))
-    fd = np.asarray(_fd(fn, x0, 1e-5))
+    val, ad = (np.asarray(x) for x in fn(x0))
+    fd = np.asarray(_fd(lambda x: fn(x)[0], x0, 1e-5))
     print(f"simulate d/dlog f_p2: AD {ad}, FD {fd}")
     _assert_close(ad, fd, 2e-5, 2e-5 * np.max(np.abs(val)))
     assert np.all(np.abs(ad) > 1e-3 * np.max(np.abs(val)))

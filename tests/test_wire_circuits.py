@@ -24,6 +24,7 @@ from helpers import (
     linear_ode,
     max_err_fs,
     rhs_for_unit_output,
+    value_and_jacrev,
     well_conditioned,
 )
 
@@ -395,11 +396,10 @@ def test_grad_wrt_wire_resistance_analytic():
     """d/d r_w of the settling time, settle integral and error at r_w = 5 ohm (closed-form
     path) against central FD with h = 1e-5 ohm; tolerance 1e-6 relative."""
     r0 = jnp.asarray(5.0)
-    fn = jax.jit(_measures_analytic)
-    val = np.asarray(fn(r0))
-    ad = np.asarray(jax.jit(jax.jacrev(_measures_analytic))(r0))
+    fn = value_and_jacrev(_measures_analytic)  # one compile: values (FD) and reverse-mode AD
+    val, ad = (np.asarray(x) for x in fn(r0))
     h = 1e-5
-    fd = (np.asarray(fn(r0 + h)) - np.asarray(fn(r0 - h))) / (2 * h)
+    fd = (np.asarray(fn(r0 + h)[0]) - np.asarray(fn(r0 - h)[0])) / (2 * h)
     print(f"d/dr_w (per ohm): AD {ad}, FD {fd}, value {val}")
     assert np.all(np.isfinite(ad)) and np.all(np.abs(ad) > 0)
     np.testing.assert_allclose(ad, fd, rtol=1e-6, atol=1e-8 * np.max(np.abs(val)))
@@ -425,12 +425,11 @@ def test_grad_wrt_wire_resistance_simulate():
         )
         return jnp.concatenate([(sol.settle_integral / t_mid)[None], sol.v_final])
 
-    fn = jax.jit(measures)
+    fn = value_and_jacrev(measures)  # one compile: values (FD) and reverse-mode AD
     r0 = jnp.asarray(5.0)
-    val = np.asarray(fn(r0))
-    ad = np.asarray(jax.jit(jax.jacrev(measures))(r0))
+    val, ad = (np.asarray(x) for x in fn(r0))
     h = 1e-4
-    fd = (np.asarray(fn(r0 + h)) - np.asarray(fn(r0 - h))) / (2 * h)
+    fd = (np.asarray(fn(r0 + h)[0]) - np.asarray(fn(r0 - h)[0])) / (2 * h)
     scale = 5.0 * np.max(np.abs(ad))  # compare as d/d log r_w, relative to the largest entry
     print(
         f"simulate d/dr_w: AD {ad}, FD {fd}; max |AD - FD| / scale "
