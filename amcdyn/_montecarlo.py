@@ -499,27 +499,41 @@ _CACHE: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
 _CACHE_SIZE = 8
 
 
+def _cached(sample_fn, key, extra: tuple, build: Callable[[], Any]) -> Any:
+    """`build()`, memoized in `_CACHE` under `sample_fn`, the key's type, the x64 and PRNG
+    settings and `extra`. Only plain functions are cached: other callables (e.g. an
+    `eqx.Module` with array fields) may be unhashable, or compare equal while holding
+    different arrays."""
+    if not isinstance(sample_fn, types.FunctionType):
+        return build()
+    cache_key = (
+        sample_fn,
+        *extra,
+        key.dtype,
+        key.shape,
+        bool(jax.config.jax_enable_x64),
+        str(jax.config.jax_default_prng_impl),
+    )
+    if cache_key in _CACHE:
+        _CACHE.move_to_end(cache_key)
+        return _CACHE[cache_key]
+    value = _CACHE[cache_key] = build()
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return value
+
+
 def _compile(sample_fn, key, per_device: int, mesh: Mesh):
     """`jit(vmap(sample_fn))` over `per_device * n_devices` consecutive indices from `start`.
 
     Returns the compiled function of `(key, start)` and its chunk size.
     """
     size = per_device * mesh.size
-    cache_key = (
-        sample_fn,
-        size,
-        mesh,
-        key.dtype,
-        key.shape,
-        bool(jax.config.jax_enable_x64),
-        str(jax.config.jax_default_prng_impl),
-    )
-    # Only plain functions are cached: other callables (e.g. an `eqx.Module` with array fields)
-    # may be unhashable, or compare equal while holding different arrays.
-    cacheable = isinstance(sample_fn, types.FunctionType)
-    if cacheable and cache_key in _CACHE:
-        _CACHE.move_to_end(cache_key)
-        return _CACHE[cache_key], size
+    build = lambda: _build_chunk(sample_fn, key, size, mesh)
+    return _cached(sample_fn, key, ("chunk", size, mesh), build), size
+
+
+def _build_chunk(sample_fn, key, size: int, mesh: Mesh):
     one = _per_sample(sample_fn)
     batch = NamedSharding(mesh, PartitionSpec("batch"))
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -533,12 +547,7 @@ def _compile(sample_fn, key, per_device: int, mesh: Mesh):
         jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated),
         jax.ShapeDtypeStruct((), jnp.uint32, sharding=replicated),
     )
-    compiled = jax.jit(chunk, out_shardings=batch).lower(*specs).compile()
-    if cacheable:
-        _CACHE[cache_key] = compiled
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return compiled, size
+    return jax.jit(chunk, out_shardings=batch).lower(*specs).compile()
 
 
 def _fields(sample_fn, key) -> dict[str, str]:
@@ -548,23 +557,8 @@ def _fields(sample_fn, key) -> dict[str, str]:
     every call costs milliseconds, which on a run of a thousand fast samples is several
     microseconds per sample.
     """
-    cache_key = (
-        "fields",
-        sample_fn,
-        key.dtype,
-        key.shape,
-        bool(jax.config.jax_enable_x64),
-        str(jax.config.jax_default_prng_impl),
-    )
-    if isinstance(sample_fn, types.FunctionType) and cache_key in _CACHE:
-        _CACHE.move_to_end(cache_key)
-        return dict(_CACHE[cache_key])
-    fields = _check_fields(jax.eval_shape(_per_sample(sample_fn), key))
-    if isinstance(sample_fn, types.FunctionType):
-        _CACHE[cache_key] = dict(fields)
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return fields
+    build = lambda: _check_fields(jax.eval_shape(_per_sample(sample_fn), key))
+    return dict(_cached(sample_fn, key, ("fields",), build))
 
 
 def _per_sample_bytes(compiled, per_device: int) -> float | None:
