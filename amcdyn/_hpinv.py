@@ -237,6 +237,19 @@ def _check_options(
     return programming, key
 
 
+def _prepare(a, b, hp_slices, g_max, programming, key, block, circuit_kwargs):
+    """What both refinement loops start from: `a`, `b` as float arrays, the HP-MVM's matrix
+    (bit-sliced or not), the exact solution, the LP array's G0 (gmax/max|A|) and the LP-INV's
+    linear map at steady state."""
+    a = jnp.asarray(a, dtype=jnp.result_type(float))
+    b = jnp.asarray(b, dtype=a.dtype)
+    a_hp = a if hp_slices is None else sliced_matrix(a, hp_slices)
+    exact = _solve(a, b)
+    g0 = g_max / jnp.max(jnp.abs(a))
+    lmap = _lp_map(a, b / jnp.max(jnp.abs(b)), g0, programming, key, block, g_max, circuit_kwargs)
+    return a, b, a_hp, exact, g0, lmap
+
+
 def _default_e_mvm(n, hp_slices, target_bits, t_mvm, circuit_kwargs):
     """$S$ arrays of $n$ TIAs at the `OpAmp` power model for `t_mvm` (J)."""
     f_gbw = circuit_kwargs.get("f_gbw", 1e8)
@@ -341,17 +354,14 @@ def hpinv_solve(
         n_steps,
         circuit_kwargs,
     )
-    a = jnp.asarray(a, dtype=jnp.result_type(float))
-    b = jnp.asarray(b, dtype=a.dtype)
+    a, b, a_hp, exact, g0, lmap = _prepare(
+        a, b, hp_slices, g_max, programming, key, block, circuit_kwargs
+    )
     n = a.shape[0]
-    a_hp = a if hp_slices is None else sliced_matrix(a, hp_slices)
-    exact = _solve(a, b)
     if e_mvm is None:
         e_mvm = float(_default_e_mvm(n, hp_slices, target_bits, t_mvm, circuit_kwargs))
-    g0 = g_max / jnp.max(jnp.abs(a))
 
-    # The LP-INV's linear map at steady state, and the contraction of the refinement.
-    lmap = _lp_map(a, b / jnp.max(jnp.abs(b)), g0, programming, key, block, g_max, circuit_kwargs)
+    # The contraction of the refinement, from the LP-INV's linear map at steady state.
     e_mat = np.asarray(jnp.eye(n, dtype=a.dtype) - a_hp @ lmap)
     rho = float(np.max(np.abs(np.linalg.eigvals(e_mat))))
     rho_norm = float(np.linalg.norm(e_mat, 2))
@@ -563,19 +573,15 @@ def hpinv_refine(
     # The LP-INV gets `a` as NumPy when it is concrete: under `jit` even `jnp.asarray` of a
     # constant is traced, and `INV.from_matrix` decides on inverters from a concrete `a`.
     a_lp = np.asarray(a, dtype=dtype) if is_concrete(a) else a
-    a = jnp.asarray(a, dtype=dtype)
-    b = jnp.asarray(b, dtype=dtype)
+    a, b, a_hp, exact, g0, lmap = _prepare(
+        a, b, hp_slices, g_max, programming, key, block, circuit_kwargs
+    )
     n = a.shape[0]
-    a_hp = a if hp_slices is None else sliced_matrix(a, hp_slices)
-    exact = _solve(a, b)
     t_mvm = jnp.asarray(t_mvm, dtype)
     if e_mvm is None:
         e_mvm = _default_e_mvm(n, hp_slices, target_bits, t_mvm, circuit_kwargs)
     e_mvm = jnp.asarray(e_mvm, dtype)
-    g0 = g_max / jnp.max(jnp.abs(a))
     b_norm = jnp.max(jnp.abs(b))
-
-    lmap = _lp_map(a, b / b_norm, g0, programming, key, block, g_max, circuit_kwargs)
     e_mat = jax.lax.stop_gradient(jnp.eye(n, dtype=dtype) - a_hp @ lmap)
     rho = jnp.max(jnp.abs(jnp.linalg.eigvals(e_mat))).astype(dtype)
     # The barrier orders the two LAPACK calls: under `vmap` two batched LAPACK kernels running
