@@ -115,7 +115,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._circuits import V0, AbstractCircuit, AbstractDynamics
+from ._circuits import V0, AbstractCircuit, AbstractDynamics, _wire_options
 from ._linalg import solve
 from ._opamp import OpAmp, _check_f_p2
 from ._validate import check_finite, check_ndim, check_nonnegative, check_positive, is_concrete
@@ -409,17 +409,6 @@ def _amps(a0, f_gbw, inverter_a0, inverter_f_gbw, f_p2=None, inverter_f_p2=None)
         f_p2=inverter_f_p2,
     )
     return amp, inverter
-
-
-def _wire_options(r_w, r_w_col):
-    """(r_w, r_w_col) as arrays, or (None, None) for ideal wires (as `amcdyn.INV`)."""
-    if r_w is None and r_w_col is None:
-        return None, None
-    for name, value in (("r_w", r_w), ("r_w_col", r_w_col)):
-        if value is not None:
-            _check_resistance(name, value)
-    r_row = 0.0 if r_w is None else r_w
-    return jnp.asarray(r_row), jnp.asarray(r_row if r_w_col is None else r_w_col)
 
 
 # Safety factor on the op-amp-inverter stability rule G_f >= 2 (f/f') G0 sigma_max^2 / min D2:
