@@ -775,6 +775,9 @@ class CircuitSpec:
     mc_sample: Callable[..., dict] | None = None
     mc_run: Callable[..., tuple[dict, Any]] | None = None
     limits: frozenset[str] = frozenset()  # of v_sat, slew_rate, c_node
+    # The circuit maps its arrays itself with G0 = gmax/max|A| (gmax: --gmax, default 35 uS)
+    # and refuses --g0; the report's `g0_s` is then that G0.
+    g0_from_gmax: bool = False
 
     @property
     def implemented(self) -> bool:
@@ -1608,7 +1611,7 @@ CIRCUITS: dict[str, CircuitSpec] = {
             "16). The report adds the reprogramming pulses, time and energy and the totals. "
             "`mc`: every sample draws its own write-verify noise (energy_j includes the "
             "reprogramming).",
-            _args_macro, _load_macro, flags=_MACRO_FLAGS, solve=_solve_macro,
+            _args_macro, _load_macro, flags=_MACRO_FLAGS, solve=_solve_macro, g0_from_gmax=True,
             mc_sample=lambda *a: _mc_sample_macro(*a),
             nonideal=frozenset(), nonideal_note="the macro's amplifier bank and tiles are "
             "modelled without wire resistance, second poles or offsets here",
@@ -1622,7 +1625,7 @@ CIRCUITS: dict[str, CircuitSpec] = {
             "runs the whole refinement (samples in a host loop; statuses converged, "
             "not_converged, ...; the yield is the converged fraction).",
             _args_hpinv, _load_hpinv, flags=_SOLVER_FLAGS, solve=_solve_hpinv,
-            mc_run=lambda *a: _run_mc_hpinv(*a), ok_statuses=("converged",),
+            mc_run=lambda *a: _run_mc_hpinv(*a), ok_statuses=("converged",), g0_from_gmax=True,
         ),
         CircuitSpec(
             "cs", "compressed-sensing recovery: one-step analog LASSO (LCA dynamics)",
@@ -1716,8 +1719,7 @@ def _build(args: argparse.Namespace, *, mc: bool):
     a = prob.a
     if args.g0 is not None:
         g0 = args.g0
-    elif args.circuit == "hpinv" and np.max(np.abs(a)) > 0:
-        # HP-INV maps its low-precision array with G0 = gmax/max|A| (`_hpinv_options`).
+    elif spec.g0_from_gmax and np.max(np.abs(a)) > 0:
         g0 = (35e-6 if args.gmax is None else args.gmax) / float(np.max(np.abs(a)))
     elif window is not None and np.max(np.abs(a)) > 0:
         g0 = window["g_max"] / float(np.max(np.abs(a)))  # largest |entry| -> g_max

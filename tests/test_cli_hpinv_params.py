@@ -1,5 +1,5 @@
-"""The `parameters` of an hpinv report are the ones HP-INV used: G0 = gmax / max|A| for its
-low-precision array (not the generic 100 uS default)."""
+"""The `parameters` of an hpinv or macro report are the ones the circuit used: both map their
+arrays with G0 = gmax / max|A| (not the generic 100 uS default)."""
 
 import json
 
@@ -8,9 +8,14 @@ import numpy as np
 from amcdyn._cli import main, resolve_matrix
 
 
-def test_hpinv_report_g0_is_the_arrays(capsys):
-    for extra, g_max in (([], 35e-6), (["--gmax", "20e-6"], 20e-6)):
-        assert main(["simulate", "hpinv", "--matrix", "wishart:4", "--json", *extra]) == 0
+def test_hpinv_and_macro_report_g0_is_the_arrays(capsys):
+    runs = (
+        (["hpinv"], 35e-6),
+        (["hpinv", "--gmax", "20e-6"], 20e-6),
+        (["macro", "--function", "inv"], 35e-6),
+    )
+    for args, g_max in runs:
+        assert main(["simulate", *args, "--matrix", "wishart:4", "--json"]) == 0
         report = json.loads(capsys.readouterr().out)
         a = resolve_matrix("wishart:4")
         # Same arithmetic as the library's mapping: equal to rounding.
