@@ -13,8 +13,9 @@ from amcdyn._linalg import solve
 _solve_jit = jax.jit(solve)
 
 
-# 1, 2, 7: one loop; 16: unrolled (the largest); 17: staged (the smallest); 33: uneven stages.
-@pytest.mark.parametrize("n", [1, 2, 7, 16, 17, 33])
+# 1, 2, 7: one loop; 16: unrolled (the largest); 17: staged (the smallest); 33: uneven stages;
+# 64: four blocked stages of 16.
+@pytest.mark.parametrize("n", [1, 2, 7, 16, 17, 33, 64])
 def test_solve_matches_numpy(n):
     rng = np.random.default_rng(n)
     a = rng.normal(size=(n, n))
@@ -36,7 +37,7 @@ def test_solve_complex():
         np.testing.assert_allclose(np.asarray(solve(a, b)), np.linalg.solve(a, b), atol=tol)
 
 
-@pytest.mark.parametrize("n", [4, 20])
+@pytest.mark.parametrize("n", [4, 20, 40])
 def test_solve_is_linear_in_rhs(n):
     # Reverse mode through a solve whose right-hand side is a tangent (the analytic path's
     # eigenvector derivative) needs JAX to see it as linear in b: its transpose is A^-T.
@@ -50,6 +51,22 @@ def test_solve_is_linear_in_rhs(n):
 def test_solve_needs_pivoting():
     a = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
     np.testing.assert_allclose(np.asarray(solve(a, np.array([2.0, 3.0, 4.0]))), [3.0, 2.0, 2.0])
+
+
+@pytest.mark.parametrize("n", [20, 40])
+def test_solve_needs_pivoting_across_stages(n):
+    # A permuted diagonal-dominant matrix: every leading entry is 0, so each blocked stage must
+    # take its pivots from rows below the panel's first ones, and the pivot rows of the trailing
+    # columns must be found again after the panel's elimination.
+    rng = np.random.default_rng(n)
+    perm = rng.permutation(n)
+    while np.any(perm == np.arange(n)):
+        perm = rng.permutation(n)
+    a = (np.eye(n) * n + rng.uniform(-1, 1, (n, n)) * (rng.uniform(size=(n, n)) < 0.3))[perm]
+    np.fill_diagonal(a, 0.0)
+    b = rng.normal(size=(n, 2))
+    tol = 1e-13 * np.linalg.cond(a)
+    np.testing.assert_allclose(np.asarray(_solve_jit(a, b)), np.linalg.solve(a, b), atol=tol)
 
 
 def test_solve_jit_vmap_grad():
