@@ -72,9 +72,8 @@ def lu_solve(lu: Float[Array, "n n"], perm: Int[Array, " n"], b: Float[Array, "n
 # - _UNROLL_MIN <= n <= _UNROLL_MAX: every step unrolled, each on the shrinking trailing block
 #   with static shapes (n^3/3 work instead of n^3: 3-4x faster on CPU under vmap, measured
 #   n = 16: 1.6-2.2 vs 6.6-10 us per solve in a batch of 1024; ~1 s more to compile);
-# - larger: `_STAGES` stages, each blocked (`_stage_blocked`: a `fori_loop` over the stage's
-#   columns on that panel, then matrix products for the rest of the block), on a block that
-#   shrinks between stages (compile time flat in n; n = 64: ~80 vs ~190 us for one loop).
+# - larger: `_STAGES` stages, each a `fori_loop` over its columns on a block that shrinks
+#   between stages (compile time flat in n; n = 64: ~80 vs ~190 us).
 _UNROLL_MIN = 12
 _UNROLL_MAX = 16
 _STAGES = 4
@@ -142,73 +141,8 @@ def _stage_loop(blk, rhs, steps):
         jnp.zeros((steps, rhs.shape[1]), rhs.dtype),
     )
     blk, rhs, free, rows, rrows = jax.lax.fori_loop(0, steps, body, init)
-    keep = _free_rows(free, m - steps)
+    keep = jnp.argsort(~free, stable=True)[: m - steps]
     return jnp.take(blk, keep, axis=0)[:, steps:], jnp.take(rhs, keep, axis=0), rows, rrows
-
-
-def _free_rows(free, count):
-    """Indices of the `count` rows still free, in order. A cumulative count instead of an
-    argsort: XLA:CPU's sort of a batch of short rows costs more than a stage's arithmetic."""
-    rank = jnp.cumsum(free)
-    return jnp.sum(rank[None, :] <= jnp.arange(count)[:, None], axis=1)
-
-
-def _stage_blocked(blk, rhs, steps):
-    """`steps` elimination steps with the contract of `_stage_loop`, blocked: the pivots and
-    multipliers come from a `fori_loop` on the leading `steps` columns only (the panel); the
-    pivot rows of the trailing columns and of `rhs` then follow by a forward substitution with
-    the unit lower-triangular block of multipliers, and the other rows by one matrix product
-    each. Same arithmetic as the unblocked loop, but each step of the loop touches an m x steps
-    panel instead of the whole m x w block (measured under vmap, n = 32 and 64: a similar best
-    time and a 35-45 % lower median time per solve on this shared 2-core VM)."""
-    m, w = blk.shape
-    ridx = jnp.arange(m)
-    cidx = jnp.arange(steps)
-    panel = blk[:, :steps]
-
-    def body(t, carry):
-        panel, free, lrows, onehot, prow = carry
-        col = jax.lax.dynamic_index_in_dim(panel, t, 1, keepdims=False)
-        j = jnp.argmax(jnp.where(free, jnp.abs(col), -1))
-        at_j = ridx == j
-        row = jax.lax.dynamic_index_in_dim(panel, j, 0, keepdims=False)
-        free = free & ~at_j
-        pivot = row[t]
-        l_col = jnp.where(free, col / jnp.where(pivot != 0, pivot, 1), 0)
-        panel = panel - l_col[:, None] * jnp.where(cidx > t, row, 0)[None, :]
-        lrows = jax.lax.dynamic_update_index_in_dim(lrows, l_col, t, 0)
-        onehot = jax.lax.dynamic_update_index_in_dim(onehot, at_j.astype(blk.dtype), t, 0)
-        prow = jax.lax.dynamic_update_index_in_dim(prow, row, t, 0)
-        return panel, free, lrows, onehot, prow
-
-    zeros = jnp.zeros((steps, m), blk.dtype)
-    init = (panel, jnp.ones(m, bool), zeros, zeros, jnp.zeros((steps, steps), blk.dtype))
-    _, free, lrows, onehot, prow = jax.lax.fori_loop(0, steps, body, init)
-    # Pivot rows of the trailing columns and of the right-hand side, as they were on entry;
-    # step t subtracted l_u[j_t] times the (updated) pivot row u < t from row j_t.
-    trail = blk[:, steps:]
-    l11 = onehot @ lrows.T  # (steps, steps), strictly lower: l11[t, u] = l_u[j_t]
-    r_trail = onehot @ trail
-    r_rhs = onehot @ rhs
-
-    def forward(t, carry):
-        u_trail, u_rhs = carry
-        lt = jax.lax.dynamic_index_in_dim(l11, t, 0, keepdims=False)
-        ut = jax.lax.dynamic_index_in_dim(r_trail, t, 0, keepdims=False) - lt @ u_trail
-        ur = jax.lax.dynamic_index_in_dim(r_rhs, t, 0, keepdims=False) - lt @ u_rhs
-        return (
-            jax.lax.dynamic_update_index_in_dim(u_trail, ut, t, 0),
-            jax.lax.dynamic_update_index_in_dim(u_rhs, ur, t, 0),
-        )
-
-    u_trail, u_rhs = jax.lax.fori_loop(
-        0, steps, forward, (jnp.zeros_like(r_trail), jnp.zeros_like(r_rhs))
-    )
-    trail = trail - lrows.T @ u_trail
-    rhs = rhs - lrows.T @ u_rhs
-    keep = _free_rows(free, m - steps)
-    rows = jnp.concatenate([prow, u_trail], axis=1)
-    return jnp.take(trail, keep, axis=0), jnp.take(rhs, keep, axis=0), rows, u_rhs
 
 
 # Jitted so that an eager call (e.g. a wire-resistance reduction outside any `jit`) is one
@@ -231,8 +165,6 @@ def _eliminate(a: Float[Array, "n n"], rhs: Float[Array, "n k"]) -> Float[Array,
         steps = min(size, n - start)
         if steps == 1:
             blk, rhs, r, rr = _stage_unrolled(blk, rhs)
-        elif steps < n:
-            blk, rhs, r, rr = _stage_blocked(blk, rhs, steps)
         else:
             blk, rhs, r, rr = _stage_loop(blk, rhs, steps)
         rows.append(jnp.pad(r, ((0, 0), (start, 0))))

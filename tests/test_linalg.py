@@ -14,7 +14,7 @@ _solve_jit = jax.jit(solve)
 
 
 # 1, 2, 7: one loop; 16: unrolled (the largest); 17: staged (the smallest); 33: uneven stages;
-# 64: four blocked stages of 16.
+# 64: four stages of 16.
 @pytest.mark.parametrize("n", [1, 2, 7, 16, 17, 33, 64])
 def test_solve_matches_numpy(n):
     rng = np.random.default_rng(n)
@@ -55,9 +55,8 @@ def test_solve_needs_pivoting():
 
 @pytest.mark.parametrize("n", [20, 40])
 def test_solve_needs_pivoting_across_stages(n):
-    # A permuted diagonal-dominant matrix: every leading entry is 0, so each blocked stage must
-    # take its pivots from rows below the panel's first ones, and the pivot rows of the trailing
-    # columns must be found again after the panel's elimination.
+    # A permuted diagonal-dominant matrix with a zero diagonal: each stage must take its pivots
+    # from rows below its first ones and carry the row exchanges into the later stages.
     rng = np.random.default_rng(n)
     perm = rng.permutation(n)
     while np.any(perm == np.arange(n)):
