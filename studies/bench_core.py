@@ -11,9 +11,15 @@ One run measures, on the same circuits (signed, well-conditioned INV, A = I + 0.
 - amcdyn analytic path (eigendecomposition), batched the same way;
 - compile time, and gradient-to-forward time ratio of a batched loss.
 
-Usage: `OPENBLAS_NUM_THREADS=1 python studies/bench_core.py [--sizes 8 16 32 64] [--quick]`.
+Usage: `OPENBLAS_NUM_THREADS=1 python studies/bench_core.py [--sizes 8 16 32 64] [--devices K]`.
 Writes `studies/results/bench_core.md` (a markdown table, rewritten after every size) and prints
 progress; a watchdog dumps the stacks and exits if one size hangs.
+
+`--devices K` splits the CPU into K XLA host devices and shards every batch across them
+(`jax.shard_map`: the code that runs on K GPUs); with XLA's Eigen pool off (see below) one device
+computes on about one core, so K = 2 uses both cores of this machine. ngspice is then also run
+as K concurrent processes (column "ngspice xK"), the fair comparison for K cores. Writes
+`studies/results/bench_core_{K}dev.md`.
 """
 
 import argparse
@@ -29,6 +35,25 @@ from amcdyn._xla_flags import disable_cpu_eigen_threads  # noqa: E402
 
 
 disable_cpu_eigen_threads()
+
+
+def _devices_from_argv(argv):
+    # The host device count must be set before JAX starts its CPU backend.
+    for i, arg in enumerate(argv):
+        if arg == "--devices" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if arg.startswith("--devices="):
+            return int(arg.split("=", 1)[1])
+    return 1
+
+
+DEVICES = _devices_from_argv(sys.argv[1:])
+if DEVICES > 1:
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
+    ).strip()
+
+import concurrent.futures
 
 import jax
 import jax.numpy as jnp
@@ -96,6 +121,11 @@ def chunk_for(n):
 def bench_size(n, args, log):
     a, b = make_batch(n, BATCH, seed=n)
     a32, b32 = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    ndev = len(jax.devices())
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("batch",))
+    if ndev > 1:
+        shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+        a32, b32 = jax.device_put(a32, shard), jax.device_put(b32, shard)
     # One t_max for the batch: the default rule (1.5 ln(10/tol)/r) on a handful of circuits,
     # with 20 % margin; every circuit's status is checked below.
     t_max = 1.2 * max(
@@ -117,6 +147,18 @@ def bench_size(n, args, log):
             exact = amcdyn.simulate_analytic(c)
             settle_rel.append(abs(spt.settling_time / float(exact.settling_time) - 1))
     row["ngspice_ms"] = 1e3 * min(walls)
+    if ndev > 1:
+        # ndev processes at a time (one per core), as a user with a process pool would run it.
+        circuits = [amcdyn.INV.from_matrix(a[i], b[i]) for i in range(2 * ndev)]
+        with concurrent.futures.ThreadPoolExecutor(ndev) as pool:
+            t = time.perf_counter()
+            list(
+                pool.map(
+                    lambda c: _ngspice.simulate_spice(c, t_stop=t_max, n_points=200, tight=False),
+                    circuits,
+                )
+            )
+            row["ngspice_par_ms"] = 1e3 * (time.perf_counter() - t) / len(circuits)
     row["ngspice_tight_ms"] = 1e3 * min(tight_walls)
     row["spice_settle_vs_exact"] = max(settle_rel)
     log(
@@ -126,7 +168,17 @@ def bench_size(n, args, log):
     chunk = chunk_for(n)
 
     def batched(one, a_, b_):
-        return jax.lax.map(lambda ab: one(*ab), (a_, b_), batch_size=chunk)
+        def local(x, y):
+            return jax.lax.map(lambda ab: one(*ab), (x, y), batch_size=chunk)
+
+        if ndev == 1:
+            return local(a_, b_)
+        spec = jax.sharding.PartitionSpec("batch")
+        # check_vma=False: amcdyn's loops start from constant carries (e.g. the pivot masks of
+        # `_linalg`), which shard_map's varying-axis check rejects inside its body.
+        return jax.shard_map(
+            local, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False
+        )(a_, b_)
 
     def fields(s):
         return s.settling_time, s.rel_error, s.result._value, s.energy
@@ -164,7 +216,10 @@ def bench_size(n, args, log):
         s = amcdyn.simulate_analytic(c, t_max=t_max, n_save=0, throw=False)
         return s.settling_time, s.rel_error
 
-    an = jax.jit(lambda a_, b_: batched(one_an, a_, b_))
+    # On one device whatever --devices says: the eigendecomposition is a LAPACK call, and
+    # jaxlib 0.10's CPU LAPACK kernels deadlock when two devices run them at once (measured:
+    # the run hangs with the CPU idle; see amcdyn/_linalg.py).
+    an = jax.jit(lambda a_, b_: jax.lax.map(lambda ab: one_an(*ab), (a_, b_), batch_size=chunk))
     row["an_s"], (ts_an, _) = timeit(an, jnp.asarray(a), jnp.asarray(b), repeat=2)
     row["an_us"] = 1e6 * row["an_s"] / BATCH
     ts_an = np.asarray(ts_an)
@@ -187,12 +242,16 @@ def bench_size(n, args, log):
                 s = sim(c)
                 return s.settle_integral * 1e8 + s.rel_error
 
-            return jnp.mean(batched(one, a_, b_))
+            # One device: the grad/fwd ratio is a per-device figure, and diffrax's checkpointed
+            # reverse loop does not trace inside shard_map (equinox's closure conversion sees
+            # the varying-axis types change).
+            return jnp.mean(jax.lax.map(lambda ab: one(*ab), (a_, b_), batch_size=chunk))
 
         return loss
 
     p = (jnp.float32(1e8), jnp.float32(1e-4))
     nb = 256
+    a_one, b_one = jnp.asarray(a[:nb], jnp.float32), jnp.asarray(b[:nb], jnp.float32)
     for name, sim in (
         ("ode", lambda c: amcdyn.simulate(c, t_max=t_max, n_save=0, stability=False, throw=False)),
         (
@@ -204,13 +263,15 @@ def bench_size(n, args, log):
     ):
         loss = make_loss(sim)
         fwd_s, grad_s = timeit_pair(
-            jax.jit(loss), jax.jit(jax.grad(loss)), p, a32[:nb], b32[:nb], repeat=args.repeat
+            jax.jit(loss), jax.jit(jax.grad(loss)), p, a_one[:nb], b_one[:nb], repeat=args.repeat
         )
         row[f"{name}_grad_ratio"] = grad_s / fwd_s
 
     row["ode_vs_spice"] = row["ngspice_ms"] * 1e3 / row["ode_us"]
     row["expm_vs_spice"] = row["ngspice_ms"] * 1e3 / row["expm_us"]
     row["an_vs_spice"] = row["ngspice_ms"] * 1e3 / row["an_us"]
+    if "ngspice_par_ms" in row:
+        row["expm_vs_spice_par"] = row["ngspice_par_ms"] * 1e3 / row["expm_us"]
     log(
         f"  N={n}: ODE {row['ode_us']:.1f} us/circuit ({row['ode_vs_spice']:.0f}x ngspice), "
         f"expm {row['expm_us']:.1f} us ({row['expm_vs_spice']:.0f}x), "
@@ -235,6 +296,12 @@ def write_table(rows, path, complete):
         "with settling time, error and energy per circuit, no waveform saved; analytic: "
         "eigendecomposition, float64 (the reference for the settling-time columns). grad/fwd: "
         "batched loss over 256 circuits. Ratios are from this run."
+        + (
+            ""
+            if len(jax.devices()) == 1
+            else f" amcdyn's batches sharded across {len(jax.devices())} XLA host devices "
+            f"(`jax.shard_map`), ngspice xK: {len(jax.devices())} concurrent processes."
+        )
         + ("" if complete else " **Partial: the run has not finished.**")
         + "_",
         "",
@@ -245,6 +312,9 @@ def write_table(rows, path, complete):
         "| expm settle vs exact | ngspice-tight settle vs exact |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if any("ngspice_par_ms" in r for r in rows):
+        lines[-2] += " ngspice xK [ms/circuit] | expm vs ngspice xK |"
+        lines[-1] += "---|---|"
     for r in rows:
         lines.append(
             f"| {r['n']} | {r['states']} | {r['ngspice_ms']:.1f} | {r['ngspice_tight_ms']:.1f} | "
@@ -253,6 +323,11 @@ def write_table(rows, path, complete):
             f"{r['ode_grad_ratio']:.2f} | {r['expm_grad_ratio']:.2f} | "
             f"{r['ode_settled']}/{r['expm_settled']} of {BATCH} | {r['settle_vs_exact']:.1e} | "
             f"{r['expm_settle_vs_exact']:.1e} | {r['spice_settle_vs_exact']:.1e} |"
+            + (
+                f" {r['ngspice_par_ms']:.1f} | {r['expm_vs_spice_par']:,.0f}x |"
+                if "ngspice_par_ms" in r
+                else ""
+            )
         )
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
@@ -266,12 +341,20 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--spice-runs", type=int, default=5)
+    p.add_argument(
+        "--devices", type=int, default=1, help="XLA host devices to shard the batch across"
+    )
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument(
         "--watchdog", type=float, default=900, help="abort (with stacks) if one size takes longer"
     )
     p.add_argument(
-        "--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_core.md")
+        "--out",
+        default=os.path.join(
+            os.path.dirname(__file__),
+            "results",
+            "bench_core.md" if DEVICES == 1 else f"bench_core_{DEVICES}dev.md",
+        ),
     )
     args = p.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)
