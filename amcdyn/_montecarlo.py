@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import types
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -550,6 +551,41 @@ def _build_chunk(sample_fn, key, size: int, mesh: Mesh):
     return jax.jit(chunk, out_shardings=batch).lower(*specs).compile()
 
 
+def _compile_for(sample_fn, key, n_samples, chunk_size, memory_budget, devices):
+    """Compile once for `devices`. Default chunk: probe at the cap; shrink (one recompile) only
+    if over budget. Returns the compiled chunk, its size and the mesh."""
+    mesh = Mesh(np.asarray(devices), ("batch",))
+    n_dev = len(devices)
+    most = -(-n_samples // n_dev)
+    if chunk_size is not None:
+        compiled, size = _compile(sample_fn, key, min(-(-chunk_size // n_dev), most), mesh)
+        return compiled, size, mesh
+    cap = _MAX_PER_DEVICE_CPU if devices[0].platform == "cpu" else _MAX_PER_DEVICE
+    per_device = min(cap, most)
+    compiled, size = _compile(sample_fn, key, per_device, mesh)
+    per_sample = _per_sample_bytes(compiled, per_device)
+    budget = memory_budget if memory_budget is not None else _device_budget(devices[0])
+    if per_sample is not None and per_sample * per_device > budget:
+        per_device = max(1, int(budget // per_sample))
+        compiled, size = _compile(sample_fn, key, per_device, mesh)
+    return compiled, size, mesh
+
+
+def _calls_cpu_lapack(compiled) -> bool:
+    """Whether a compiled chunk calls a LAPACK kernel (`lapack_sgeev_ffi`, ...).
+
+    On jaxlib 0.10, XLA:CPU's batched LAPACK kernels split their batch over the intra-op pool
+    they run on and wait for the pieces: two CPU devices running such a kernel at once wait on
+    each other and the process hangs with the CPU idle (measured: an analytic-path Monte Carlo
+    on two host devices; see `amcdyn/_linalg.py`, which avoids LAPACK for this reason).
+    """
+    try:
+        text = compiled.as_text()
+    except Exception:  # not available on every backend
+        return False
+    return 'custom_call_target="lapack_' in text
+
+
 def _fields(sample_fn, key) -> dict[str, str]:
     """The checked field names and dtypes of `sample_fn`'s output (one trace by `eval_shape`).
 
@@ -633,6 +669,10 @@ def monte_carlo(
     - `progress`: print a progress line on stderr (samples done, samples/s, ETA) after every
       chunk (redrawn in place on a terminal, every 5 s otherwise).
     - `devices`: the devices to shard over; default `jax.devices()` (all devices of all hosts).
+      On several CPU devices, a `sample_fn` that calls LAPACK (an eigendecomposition:
+      [`amcdyn.simulate_analytic`][], or `stability=True`) runs on the first device only, with a
+      `RuntimeWarning`: jaxlib 0.10's CPU LAPACK kernels deadlock when several devices run them
+      at once. [`amcdyn.simulate_expm`][] with `t_max` and `stability=False` calls none.
     - `memory_budget`: bytes per device for the default chunk size; default half the device's
       `bytes_limit` where it reports one (GPU), else 1 GiB.
     - `callback`: called as `callback(n_done, n_samples)` after each chunk (after it is saved).
@@ -678,22 +718,22 @@ def monte_carlo(
     if n_done == n_samples:
         return MCResult(samples=done, n_samples=n_samples, stats=stats)
 
-    # Compile once. Default chunk: probe at the cap; shrink (one recompile) only if over budget.
-    mesh = Mesh(np.asarray(devices), ("batch",))
-    n_dev = len(devices)
-    most = -(-n_samples // n_dev)
     t = time.perf_counter()
-    if chunk_size is not None:
-        compiled, size = _compile(sample_fn, key, min(-(-chunk_size // n_dev), most), mesh)
-    else:
-        cap = _MAX_PER_DEVICE_CPU if devices[0].platform == "cpu" else _MAX_PER_DEVICE
-        per_device = min(cap, most)
-        compiled, size = _compile(sample_fn, key, per_device, mesh)
-        per_sample = _per_sample_bytes(compiled, per_device)
-        budget = memory_budget if memory_budget is not None else _device_budget(devices[0])
-        if per_sample is not None and per_sample * per_device > budget:
-            per_device = max(1, int(budget // per_sample))
-            compiled, size = _compile(sample_fn, key, per_device, mesh)
+    args = (sample_fn, key, n_samples, chunk_size, memory_budget)
+    compiled, size, mesh = _compile_for(*args, devices)
+    if len(devices) > 1 and devices[0].platform == "cpu" and _calls_cpu_lapack(compiled):
+        warnings.warn(
+            "amcdyn.monte_carlo: the sample function calls LAPACK (e.g. an eigendecomposition: "
+            "simulate_analytic, or stability=True), and jaxlib's CPU LAPACK kernels deadlock "
+            f"when {len(devices)} CPU devices run them at once; running on one device instead "
+            "(the samples are the same). Pass t_max and stability=False to simulate_expm to "
+            "shard it.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        devices = devices[:1]
+        stats["n_devices"] = 1
+        compiled, size, mesh = _compile_for(*args, devices)
     stats["compile_s"] = time.perf_counter() - t
     stats["chunk_size"] = size
 
