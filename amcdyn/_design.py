@@ -710,7 +710,7 @@ def make_problem(
     # design space. Rows of the crossbar operator are normalised by the row conductance
     # (|p_ij| <= 1), so a column of J sums to at most w_max (n + 2) with w_max the largest
     # reachable angular frequency (GBW upper bound, second poles); then the Taylor argument
-    # has norm <= 0.33 (float64 remainder below roundoff, as in `simulate_expm`), plus one
+    # has norm <= 0.33 (float64 remainder below roundoff, `_propagator._THETA`), plus one
     # squaring of margin for the wire-resistance operator.
     f_max = max(gbw_bounds[1], float(np.max(f_all)))
     for amp in amps:

@@ -5,6 +5,8 @@ scipy.linalg.expm for the propagator itself, `simulate_analytic` for the settlin
 bisection on the closed form) and the closed-form `settle_integral`.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +22,7 @@ from helpers import (
 )
 
 import amcdyn
+from amcdyn import _propagator
 from amcdyn._propagator import expm_scaled
 
 
@@ -37,8 +40,27 @@ def test_expm_scaled_matches_scipy(scale):
     a = a * scale
     ref = scipy.linalg.expm(a)
     got = np.asarray(expm_scaled(jnp.asarray(a)))
-    # float64 Taylor-12 with ||A/2^s|| <= 1/4: roundoff-level, relative to ||expm||.
+    # float64 Taylor-18 with ||A/2^s||_1 <= 1.09: roundoff-level, relative to ||expm||.
     assert np.max(np.abs(got - ref)) <= 1e-12 * max(1.0, np.max(np.abs(ref)))
+
+
+def test_taylor18_is_the_degree_18_taylor_polynomial():
+    # The five-product formula expanded as scalar polynomials: its coefficients are 1/k!
+    # for k = 0..18 (to float64 rounding of the published constants), and it has degree 18.
+    def poly(c):
+        p = np.zeros(7)
+        p[[0, 1, 2, 3, 6]] = c
+        return p
+
+    q31 = poly(_propagator._Q31)
+    q61, q62, q63, q64 = (poly(c) for c in _propagator._Q6)
+    q91 = np.polynomial.polynomial.polyadd(np.polynomial.polynomial.polymul(q31, q64), q63)
+    y = np.polynomial.polynomial.polyadd(
+        q61, np.polynomial.polynomial.polymul(np.polynomial.polynomial.polyadd(q62, q91), q91)
+    )
+    want = np.array([1 / math.factorial(k) for k in range(19)])
+    assert y.shape == (19,)
+    np.testing.assert_allclose(y, want, rtol=1e-14)
 
 
 def test_expm_scaled_float32():
