@@ -2422,9 +2422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
 
-    from ._xla_flags import disable_cpu_eigen_threads
+    from ._xla_flags import disable_cpu_eigen_threads, keep_freed_host_memory
 
     disable_cpu_eigen_threads()  # must precede the first JAX computation
+    keep_freed_host_memory()
     if args.command == "mc":
         return _main_mc(args)
     if args.command == "design":

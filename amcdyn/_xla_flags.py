@@ -18,3 +18,40 @@ def disable_cpu_eigen_threads() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_multi_thread_eigen" not in flags:
         os.environ["XLA_FLAGS"] = (flags + " " + FLAG).strip()
+
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_host_memory() -> bool:
+    """Make glibc's `malloc` keep freed memory in the process instead of returning it to the OS.
+
+    Why: XLA:CPU allocates the temporaries of every call afresh (batched simulations: megabytes
+    per call). With glibc's defaults, large blocks are `mmap`ed and freed blocks at the top of
+    the heap are trimmed, so every call touches new pages: measured 10,200 page faults per call
+    of a batched gradient (N = 16, 256 circuits), which took 137.6 us per circuit instead of
+    106.1 us with this setting (and 0-10 faults per call). Blocks of any size then come from
+    the heap, and the heap is never trimmed: the resident memory stays at its peak.
+
+    The command line, the tests and the studies call this; library users on Linux can get the
+    same with `MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647` in the
+    environment. Returns whether the setting took effect (False off glibc, e.g. macOS or musl).
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+        & mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+        & mallopt(_M_TOP_PAD, 64 << 20)
+    )

@@ -33,10 +33,11 @@ import time
 
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-from amcdyn._xla_flags import disable_cpu_eigen_threads  # noqa: E402
+from amcdyn._xla_flags import disable_cpu_eigen_threads, keep_freed_host_memory  # noqa: E402
 
 
 disable_cpu_eigen_threads()
+keep_freed_host_memory()
 
 import equinox as eqx
 import jax

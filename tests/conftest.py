@@ -2,11 +2,12 @@ import os
 import shutil
 import tempfile
 
-from amcdyn._xla_flags import disable_cpu_eigen_threads
+from amcdyn._xla_flags import disable_cpu_eigen_threads, keep_freed_host_memory
 
 
 # Before JAX initializes its CPU backend (see amcdyn/_xla_flags.py).
 disable_cpu_eigen_threads()
+keep_freed_host_memory()
 
 import jax  # noqa: E402
 import jax.random as jr
