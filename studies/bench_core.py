@@ -35,7 +35,7 @@ from amcdyn._xla_flags import disable_cpu_eigen_threads, keep_freed_host_memory 
 
 
 disable_cpu_eigen_threads()
-keep_freed_host_memory()
+MALLOC_KEPT = keep_freed_host_memory()
 
 
 def _devices_from_argv(argv):
@@ -291,7 +291,9 @@ def write_table(rows, path, complete):
         f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; batch {BATCH}; "
         "signed well-conditioned INV with single-pole inverters (2N states); ngspice: one "
         "`ngspice -b` process per netlist (default options, 200 points); all times best of "
-        "their repeats; XLA with its multi-threaded Eigen pool off; ODE: diffrax Tsit5 "
+        "their repeats; XLA with its multi-threaded Eigen pool off; glibc malloc keeping freed "
+        f"memory (`keep_freed_host_memory`: {'on' if MALLOC_KEPT else 'not available'}); "
+        "ODE: diffrax Tsit5 "
         f"(rtol 1e-5), float32; expm: exact propagator (`simulate_expm`, {EXPM_STEPS} steps), "
         "float32; both "
         "with settling time, error and energy per circuit, no waveform saved; analytic: "
