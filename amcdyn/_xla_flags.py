@@ -27,7 +27,7 @@ _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 
-def keep_freed_host_memory() -> bool:
+def keep_freed_host_memory(single_arena: bool = False) -> bool:
     """Make glibc's `malloc` keep freed memory in the process instead of returning it to the OS.
 
     Why: XLA:CPU allocates the temporaries of every call afresh (batched simulations: megabytes
@@ -35,16 +35,18 @@ def keep_freed_host_memory() -> bool:
     the heap are trimmed, so every call touches new pages: measured 10,200 page faults per call
     of a batched gradient (N = 16, 256 circuits), which took 137.6 us per circuit instead of
     106.1 us with this setting (and 0-10 faults per call). Blocks of any size then come from
-    the heap, and the heap is never trimmed: the resident memory stays at its peak. One arena
-    serves all threads: XLA computes on worker threads, whose arenas grow in heaps of at most
-    64 MiB and `mmap` anything larger (N = 32: 41,000 faults per call and 548 us per circuit
-    with the other settings alone, none and 427 us with one arena).
+    the heap, and the heap is never trimmed: the resident memory stays at its peak.
 
-    Call it before JAX starts its CPU backend (threads keep the arena they started with). The
-    command line, the tests and the studies call it; library users on Linux can get the same
-    with `MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647
-    MALLOC_ARENA_MAX=1` in the environment. Returns whether the setting took effect (False off
-    glibc, e.g. macOS or musl).
+    `single_arena=True` also makes one arena serve all threads: XLA computes on worker threads,
+    whose arenas grow in heaps of at most 64 MiB and `mmap` anything larger (N = 32: 41,000
+    faults per call and 548 us per circuit without it, none and 427 us with it). It slows XLA's
+    multi-threaded compilation (measured 25-35 % longer), so only long batched runs (the
+    benchmarks) ask for it; the command line and the tests do not.
+
+    Call it before JAX starts its CPU backend (threads keep the arena they started with).
+    Library users on Linux can get the same with `MALLOC_MMAP_THRESHOLD_=1073741824
+    MALLOC_TRIM_THRESHOLD_=2147483647` (and `MALLOC_ARENA_MAX=1`) in the environment. Returns
+    whether the setting took effect (False off glibc, e.g. macOS or musl).
     """
     import ctypes
     import sys
@@ -56,9 +58,11 @@ def keep_freed_host_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(
+    ok = (
         mallopt(_M_MMAP_THRESHOLD, 1 << 30)
         & mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
         & mallopt(_M_TOP_PAD, 64 << 20)
-        & mallopt(_M_ARENA_MAX, 1)
     )
+    if single_arena:
+        ok &= mallopt(_M_ARENA_MAX, 1)
+    return bool(ok)

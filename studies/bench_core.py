@@ -35,7 +35,9 @@ from amcdyn._xla_flags import disable_cpu_eigen_threads, keep_freed_host_memory 
 
 
 disable_cpu_eigen_threads()
-MALLOC_KEPT = keep_freed_host_memory()
+# One malloc arena too: the batched gradients otherwise page-fault on every call (N = 32); it
+# makes XLA's compilation slower (the "compile" column: measured 25-35 % longer).
+MALLOC_KEPT = keep_freed_host_memory(single_arena=True)
 
 
 def _devices_from_argv(argv):
@@ -292,7 +294,8 @@ def write_table(rows, path, complete):
         "signed well-conditioned INV with single-pole inverters (2N states); ngspice: one "
         "`ngspice -b` process per netlist (default options, 200 points); all times best of "
         "their repeats; XLA with its multi-threaded Eigen pool off; glibc malloc keeping freed "
-        f"memory (`keep_freed_host_memory`: {'on' if MALLOC_KEPT else 'not available'}); "
+        "memory, one arena (`keep_freed_host_memory`: "
+        f"{'on' if MALLOC_KEPT else 'not available'}); "
         "ODE: diffrax Tsit5 "
         f"(rtol 1e-5), float32; expm: exact propagator (`simulate_expm`, {EXPM_STEPS} steps), "
         "float32; both "
