@@ -41,7 +41,8 @@ def keep_freed_host_memory(single_arena: bool = False) -> bool:
     whose arenas grow in heaps of at most 64 MiB and `mmap` anything larger (N = 32: 41,000
     faults per call and 548 us per circuit without it, none and 427 us with it). It slows XLA's
     multi-threaded compilation (measured 25-35 % longer), so only long batched runs (the
-    benchmarks) ask for it; the command line and the tests do not.
+    benchmarks) ask for it; the command line does not. The tests, bound by compilation, use
+    neither setting.
 
     Call it before JAX starts its CPU backend (threads keep the arena they started with).
     Library users on Linux can get the same with `MALLOC_MMAP_THRESHOLD_=1073741824

@@ -2,12 +2,13 @@ import os
 import shutil
 import tempfile
 
-from amcdyn._xla_flags import disable_cpu_eigen_threads, keep_freed_host_memory
+from amcdyn._xla_flags import disable_cpu_eigen_threads
 
 
-# Before JAX initializes its CPU backend (see amcdyn/_xla_flags.py).
+# Before JAX initializes its CPU backend (see amcdyn/_xla_flags.py). The tests are bound by
+# compilation, so they leave glibc's malloc as it is (`keep_freed_host_memory` is for long
+# batched runs).
 disable_cpu_eigen_threads()
-keep_freed_host_memory()
 
 import jax  # noqa: E402
 import jax.random as jr
