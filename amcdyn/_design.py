@@ -89,7 +89,7 @@ from ._linalg import lu_factor, lu_solve
 from ._mc import perturb_circuit
 from ._ngspice import default_t_stop
 from ._opamp import OpAmp
-from ._propagator import _taylor12, simulate_expm
+from ._propagator import _THETA18, _taylor18, simulate_expm
 
 
 VARIABLES = ("g0", "col_scale", "g_offset", "g_in", "gbw_main", "gbw_inv")
@@ -442,10 +442,11 @@ _solve.defvjp(_solve_fwd, _solve_bwd)
 
 
 def _expm_fixed(a, squarings: int):
-    r"""$e^{a}$ by a degree-12 Taylor polynomial of $a/2^s$ and $s$ squarings, $s$ fixed (static)
-    from a bound on $\|a\|_1$ over the design space (`make_problem`): unlike the adaptive
-    loop of `simulate_expm`, plain matrix products to differentiate."""
-    phi = _taylor12(a / jnp.asarray(2.0**squarings, a.dtype))
+    r"""$e^{a}$ by the degree-18 Taylor polynomial of $a/2^s$ (`_propagator._taylor18`) and
+    $s$ squarings, $s$ fixed (static) from a bound on $\|a\|_1$ over the design space
+    (`make_problem`): unlike the adaptive loop of `simulate_expm`, plain matrix products to
+    differentiate."""
+    phi = _taylor18(a / jnp.asarray(2.0**squarings, a.dtype))
     for _ in range(squarings):
         phi = phi @ phi
     return phi
@@ -710,14 +711,15 @@ def make_problem(
     # design space. Rows of the crossbar operator are normalised by the row conductance
     # (|p_ij| <= 1), so a column of J sums to at most w_max (n + 2) with w_max the largest
     # reachable angular frequency (GBW upper bound, second poles); then the Taylor argument
-    # has norm <= 0.33 (float64 remainder below roundoff, `_propagator._THETA`), plus one
-    # squaring of margin for the wire-resistance operator.
+    # has norm <= 1.09 (the float64 bound of the degree-18 polynomial, `_propagator._THETA18`,
+    # which also covers float32), plus one squaring of margin for the wire-resistance operator.
     f_max = max(gbw_bounds[1], float(np.max(f_all)))
     for amp in amps:
         if amp.f_p2 is not None:
             f_max = max(f_max, float(np.max(np.asarray(amp.f_p2))))
     norm = t_horizon / objective.n_grid * 2 * math.pi * f_max * (circuit.n + 2)
-    squarings = max(0, math.ceil(math.log2(norm / 0.33))) + 1
+    theta = _THETA18[np.dtype("float64")]
+    squarings = max(0, math.ceil(math.log2(norm / theta))) + 1
     return dataclasses.replace(problem, t_horizon=jnp.asarray(t_horizon), squarings=squarings)
 
 

@@ -17,7 +17,6 @@ and no rejected steps.
 """
 
 import functools
-import math
 
 import equinox as eqx
 import equinox.internal as eqxi
@@ -39,13 +38,6 @@ from ._simulate import (
 from ._solution import RESULTS, Solution
 
 
-# Taylor coefficients 1/k! for k = 0..12 (`_taylor12`, used by `amcdyn.design` with a fixed
-# number of squarings).
-_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(13))
-# Norm bound on the scaled matrix for which the degree-12 remainder ||A||^13/13! is below the
-# unit roundoff of the dtype (6e-8 for float32: 3.1e-8 at 1.5; 1.1e-16 for float64: 8.8e-17 at
-# 0.33). Squarings then double the argument back.
-_THETA = {np.dtype("float32"): 1.5, np.dtype("float64"): 0.33}
 _MAX_SQUARINGS = 48
 # Sub-intervals searched for the last band crossing inside a grid interval, and Newton steps.
 _SUBGRID = 16
@@ -54,21 +46,6 @@ _SUBGRID = 16
 # measured on N = 16, value_and_grad / forward 3.96 with 4 checkpoints, 5.87 with the default.
 _CHECKPOINTS = 4
 _POLISH = 4
-
-
-def _taylor12(a):
-    """$\\sum_{k=0}^{12} A^k/k!$ by Paterson–Stockmeyer: A², A³, A⁴ then Horner in A⁴."""
-    eye = jnp.eye(a.shape[-1], dtype=a.dtype)
-    a2 = a @ a
-    a3 = a2 @ a
-    a4 = a2 @ a2
-    c = _TAYLOR
-
-    def block(k):
-        return c[k] * eye + c[k + 1] * a + c[k + 2] * a2 + c[k + 3] * a3
-
-    top = block(8) + c[12] * a4
-    return block(0) + a4 @ (block(4) + a4 @ top)
 
 
 # Bader, Blanes & Casas, "Computing the matrix exponential with an optimized Taylor polynomial
@@ -119,10 +96,11 @@ _THETA18 = {np.dtype("float32"): 3.0, np.dtype("float64"): 1.09}
 
 def _taylor18(a):
     """$\\sum_{k=0}^{18} A^k/k!$ in five matrix products (Bader, Blanes & Casas): as many
-    as the degree-12 Paterson-Stockmeyer evaluation (`_taylor12`), for twice the norm (float32:
-    3.0 against 1.5), so one squaring fewer; it costs more elementwise combinations. Measured
-    on the benchmark circuits under vmap, interleaved in one process: N = 16 24.0 vs 25.6 us
-    and N = 64 497 vs 504 us per simulation (best of 10-12)."""
+    as a degree-12 Paterson-Stockmeyer evaluation (A², A³, A⁴, then Horner in A⁴; used here
+    before), for twice the norm (float32: 3.0 against 1.5), so one squaring fewer; it costs
+    more elementwise combinations. Measured on the benchmark circuits under vmap, interleaved
+    in one process: N = 16 24.0 vs 25.6 us and N = 64 497 vs 504 us per simulation (best of
+    10-12)."""
     eye = jnp.eye(a.shape[-1], dtype=a.dtype)
     a2 = a @ a
     a3 = a2 @ a

@@ -44,6 +44,21 @@ def test_expm_scaled_matches_scipy(scale):
     assert np.max(np.abs(got - ref)) <= 1e-12 * max(1.0, np.max(np.abs(ref)))
 
 
+@pytest.mark.parametrize("squarings", [0, 3])
+def test_design_fixed_squaring_expm_matches_scipy(squarings):
+    # `amcdyn.design`'s propagator: the degree-18 polynomial at the float64 bound its static
+    # squaring count is chosen for (||A / 2^s||_1 = 1.09, `make_problem`), then s squarings.
+    from amcdyn._design import _expm_fixed
+
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(10, 10)) - 2.0 * np.eye(10)
+    a *= 1.09 * 2.0**squarings / np.max(np.sum(np.abs(a), axis=0))
+    ref = scipy.linalg.expm(a)
+    got = np.asarray(jax.jit(_expm_fixed, static_argnums=1)(jnp.asarray(a), squarings))
+    # Roundoff level (the truncation error at the bound is ~4e-17), relative to ||expm||.
+    assert np.max(np.abs(got - ref)) <= 1e-13 * max(1.0, np.max(np.abs(ref)))
+
+
 def test_taylor18_is_the_degree_18_taylor_polynomial():
     # The five-product formula expanded as scalar polynomials: its coefficients are 1/k!
     # for k = 0..18 (to float64 rounding of the published constants), and it has degree 18.
