@@ -5,9 +5,17 @@ import tempfile
 from amcdyn._xla_flags import disable_cpu_eigen_threads
 
 
-# Before JAX initializes its CPU backend (see amcdyn/_xla_flags.py). The tests are bound by
-# compilation, so they leave glibc's malloc as it is (`keep_freed_host_memory` is for long
-# batched runs).
+# The suite is bound by compilation, most of it LLVM's code generation: the tests compile with
+# LLVM's optimizations off (measured on two of the slowest tests: 47 vs 64 s), which changes
+# how fast the programs run, not what they compute (XLA's own HLO passes, fast-math off, are
+# unchanged). Set XLA_FLAGS yourself to override (any `xla_backend_optimization_level` in it
+# is kept). Programs the tests run in a subprocess inherit the flags, except the README's main
+# job (tests/test_mc_cli.py), which runs exactly as a user runs it.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS).strip()
+# Before JAX initializes its CPU backend (see amcdyn/_xla_flags.py). The tests leave glibc's
+# malloc as it is (`keep_freed_host_memory` is for long batched runs).
 disable_cpu_eigen_threads()
 
 import jax  # noqa: E402

@@ -365,9 +365,16 @@ def test_readme_main_command():
     """The README's first command after the install: a 256-sample Monte Carlo, < 60 s."""
     argv = _readme_main_command()
     assert argv[:3] == ["amcdyn", "mc", "inv"] and "--json" in argv
+    # As a user runs it: without the compile-time flags that tests/conftest.py sets for the
+    # in-process tests (LLVM optimizations off).
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(
+        f for f in env.get("XLA_FLAGS", "").split()
+        if not f.startswith(("--xla_backend_optimization_level", "--xla_llvm_disable_expensive"))
+    )
     t = time.perf_counter()
     proc = subprocess.run([_console_script(), *argv[1:]], capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL)
+                          timeout=300, stdin=subprocess.DEVNULL, env=env)
     wall = time.perf_counter() - t
     assert proc.returncode == 0, proc.stderr
     r = _strict_json(proc.stdout)
