@@ -2,6 +2,8 @@ import os
 import shutil
 import tempfile
 
+from helpers import TEST_XLA_FLAGS
+
 from amcdyn._xla_flags import disable_cpu_eigen_threads
 
 
@@ -14,7 +16,6 @@ from amcdyn._xla_flags import disable_cpu_eigen_threads
 # inherit the flags, except the README's main job (tests/test_mc_cli.py), which runs exactly as
 # a user runs it. Both flags are long-standing XLA debug options; should a future jaxlib drop
 # one, XLA stops at start-up naming it (unknown flags are fatal), not silently.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS).strip()
 # Before JAX initializes its CPU backend (see amcdyn/_xla_flags.py). The tests leave glibc's

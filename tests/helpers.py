@@ -111,3 +111,16 @@ def cli(*argv):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = _cli.main([str(a) for a in argv])
     return rc, out.getvalue(), err.getvalue()
+
+
+# Compile-time XLA flags that tests/conftest.py adds for the in-process tests (LLVM's
+# optimizations off: the suite is bound by compilation; see the comment there).
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def user_environment(env):
+    """`env` without the flags of `TEST_XLA_FLAGS`: a subprocess then runs as a user runs it."""
+    env = dict(env)
+    test_flags = set(TEST_XLA_FLAGS.split())
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f not in test_flags)
+    return env

@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import cli, strict_json as _strict_json
+from helpers import cli, strict_json as _strict_json, user_environment
 
 import amcdyn
 from amcdyn import _matrices as M
@@ -367,11 +367,7 @@ def test_readme_main_command():
     assert argv[:3] == ["amcdyn", "mc", "inv"] and "--json" in argv
     # As a user runs it: without the compile-time flags that tests/conftest.py sets for the
     # in-process tests (LLVM optimizations off).
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = " ".join(
-        f for f in env.get("XLA_FLAGS", "").split()
-        if not f.startswith(("--xla_backend_optimization_level", "--xla_llvm_disable_expensive"))
-    )
+    env = user_environment(os.environ)
     t = time.perf_counter()
     proc = subprocess.run([_console_script(), *argv[1:]], capture_output=True, text=True,
                           timeout=300, stdin=subprocess.DEVNULL, env=env)
