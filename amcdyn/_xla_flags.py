@@ -1,4 +1,8 @@
-"""Work around a deadlock of XLA:CPU's multi-threaded Eigen pool on vmapped graphs.
+"""CPU process settings that must precede JAX's CPU backend: XLA's Eigen pool, glibc's malloc.
+
+`disable_cpu_eigen_threads` works around a deadlock of XLA:CPU's multi-threaded Eigen pool on
+vmapped graphs; `keep_freed_host_memory` stops glibc returning freed memory to the OS between
+calls (page faults on every batched call; see its docstring).
 
 On jaxlib 0.10.x we saw batched (vmapped) simulations hang in `block_until_ready` with the CPU
 idle, nondeterministically (also reported upstream by other projects). Disabling the
