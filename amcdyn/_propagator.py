@@ -36,6 +36,7 @@ from ._simulate import (
     _settling_or_flag,
 )
 from ._solution import RESULTS, Solution
+from ._validate import check_flag
 
 
 _MAX_SQUARINGS = 48
@@ -234,6 +235,7 @@ def simulate_expm(
     n_steps: int = 64,
     save: bool = False,
     stability: bool = True,
+    energy: bool = True,
     throw: bool = True,
 ) -> Solution:
     r"""Transient of a linear circuit by its exact propagator on a uniform grid.
@@ -256,6 +258,9 @@ def simulate_expm(
     - `save`: keep the waveform at the `n_steps + 1` grid points in `ts`/`vs`.
     - `stability`: compute the eigenvalues of $J$ for the stability verdict. Without it, a
       diverging transient is still reported `unstable` (a deviation above 1000 full scales).
+    - `energy`: integrate the resistive power along the trajectory (its value and time
+      derivative at every grid point: about a third of the cost of a small circuit). With
+      `False`, `Solution.energy` is NaN (not computed) and every other field is unchanged.
     - `throw`: raise on any outcome other than `settled`.
 
     **Returns:** a [`amcdyn.Solution`][] with `num_steps = n_steps`; `v_final` is the state at
@@ -265,6 +270,7 @@ def simulate_expm(
     _check_options(tol, t_max, 0)
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 4:
         raise ValueError(f"`n_steps` must be an int >= 4, got {n_steps!r}")
+    check_flag("energy", energy)
     return _simulate_expm(
         circuit,
         jnp.asarray(tol),
@@ -272,6 +278,7 @@ def simulate_expm(
         n_steps,
         save,
         stability or t_max is None,
+        energy,
         throw,
     )
 
@@ -299,7 +306,7 @@ def _hermite_dtheta(e0, d0, e1, d1, h, theta):
 
 
 @eqx.filter_jit
-def _simulate_expm(circuit, tol, t_max, n_steps, save, stability, throw):
+def _simulate_expm(circuit, tol, t_max, n_steps, save, stability, energy, throw):
     (dyn, dtype, tol, y_ss, v_ss, fs_safe, w_ref, lam, maxre, tau_slow, osc, stable, t_end) = (
         _prelude(circuit, tol, t_max, stability)
     )
@@ -317,16 +324,18 @@ def _simulate_expm(circuit, tol, t_max, n_steps, save, stability, throw):
 
     # Resistive power above its equilibrium value, q(y* + e) - q*, and its time derivative:
     # one forward-mode pass of q per point (no dense quadratic form is built).
-    q_ss = circuit.resistive_power(y_ss)
+    q_ss = circuit.resistive_power(y_ss) if energy else None
 
     def quad(ed):
-        # Integrands [|C e|^2, e^T Q e] and their derivatives in scaled time.
+        # Integrands [|C e|^2 (, q - q*)] and their derivatives in scaled time.
         e, d = ed[:, 0], ed[:, 1]
         ce, cd = e[:n_out], d[:n_out]
-        q, dq = jax.jvp(circuit.resistive_power, (y_ss + e,), (d,))
-        f = jnp.stack([jnp.sum(ce * ce), q - q_ss])
-        g = jnp.stack([2 * jnp.sum(ce * cd), dq])
-        return f, g
+        f, g = [jnp.sum(ce * ce)], [2 * jnp.sum(ce * cd)]
+        if energy:
+            q, dq = jax.jvp(circuit.resistive_power, (y_ss + e,), (d,))
+            f.append(q - q_ss)
+            g.append(dq)
+        return jnp.stack(f), jnp.stack(g)
 
     def advance(ed):
         return _matvec2(phi, ed)
@@ -409,12 +418,15 @@ def _simulate_expm(circuit, tol, t_max, n_steps, save, stability, throw):
     rel_error = jnp.where(diverged, jnp.nan, rel_error)
     bits = jnp.where(diverged, jnp.nan, bits)
     # Resistive energy over [0, t_s]: q* t_s plus the integral of q - q*, on the grid up to
-    # t_k and on the interpolant over [t_k, t_s].
-    e_s = _hermite(last_ed[:, 0], last_ed[:, 1], nxt[:, 0], nxt[:, 1], h, theta_s)
-    ed_s = jnp.stack([e_s, jac @ e_s], axis=1)
-    part = _hermite_integral(*quad(last_ed), *quad(ed_s), theta_s * h)[1]
-    tau_s = jnp.where(last_k < 0, 0, t_cross)
-    e_settle = jnp.where(last_k < 0, 0, (q_ss * tau_s + last_int[1] + part) / w_ref)
+    # t_k and on the interpolant over [t_k, t_s]. Without `energy`, NaN.
+    if energy:
+        e_s = _hermite(last_ed[:, 0], last_ed[:, 1], nxt[:, 0], nxt[:, 1], h, theta_s)
+        ed_s = jnp.stack([e_s, jac @ e_s], axis=1)
+        part = _hermite_integral(*quad(last_ed), *quad(ed_s), theta_s * h)[1]
+        tau_s = jnp.where(last_k < 0, 0, t_cross)
+        e_settle = jnp.where(last_k < 0, 0, (q_ss * tau_s + last_int[1] + part) / w_ref)
+    else:
+        e_settle = jnp.asarray(jnp.nan, dtype)
     power, energy = _energy(circuit, t_settle, result, e_settle)
     t_settle = _settling_or_flag(t_settle, result)
     if save:

@@ -13,7 +13,7 @@ from ._circuits import AbstractCircuit
 from ._linalg import solve
 from ._observe import SettleObserver, resolve_implicit_tolerances
 from ._solution import RESULTS, Solution
-from ._validate import check_positive, is_concrete
+from ._validate import check_flag, check_positive, is_concrete
 
 
 # Settling band is checked against max|v_steady|; a zero steady state falls back to 1 V.
@@ -154,6 +154,7 @@ def simulate(
     max_steps: int = 16384,
     stability: bool = True,
     substeps: int = 8,
+    energy: bool = True,
     throw: bool = True,
 ) -> Solution:
     r"""Integrate a circuit's transient from rest (all outputs 0 V, input stepped on at $t=0$).
@@ -189,6 +190,12 @@ def simulate(
       large batches when `t_max` is given: instability is then detected from the transient).
     - `substeps`: sub-intervals per step on which the interpolant is evaluated for the
       settling measurement.
+    - `energy`: integrate the resistive power alongside the circuit (one more state, whose
+      right-hand side costs about as much as the circuit's own). With `False`,
+      `Solution.energy` is NaN (not computed): the cheaper choice for large batches that only
+      need settling time and error. The other fields then agree with `energy=True` to the
+      solver's tolerance, not bitwise, since the energy state no longer enters the step-size
+      control.
     - `throw`: raise on any outcome other than `settled`; with `False` read `Solution.result`.
 
     **Returns:** a [`amcdyn.Solution`][].
@@ -197,6 +204,7 @@ def simulate(
     _check_options(tol, t_max, n_save)
     if not isinstance(substeps, int) or substeps < 2 or substeps % 2:
         raise ValueError(f"`substeps` must be an even int >= 2, got {substeps!r}")
+    check_flag("energy", energy)
     if solver is None:
         solver = _pick_solver(circuit)
     return _simulate(
@@ -210,13 +218,25 @@ def simulate(
         max_steps,
         stability or t_max is None,
         substeps,
+        energy,
         throw,
     )
 
 
 @eqx.filter_jit
 def _simulate(
-    circuit, tol, t_max, solver, controller, adjoint, n_save, max_steps, stability, substeps, throw
+    circuit,
+    tol,
+    t_max,
+    solver,
+    controller,
+    adjoint,
+    n_save,
+    max_steps,
+    stability,
+    substeps,
+    energy: bool,
+    throw,
 ):
     (dyn, dtype, tol, y_ss, v_ss, fs_safe, w_ref, lam, maxre, tau_slow, osc, stable, t_end) = (
         _prelude(circuit, tol, t_max, stability)
@@ -244,20 +264,24 @@ def _simulate(
         inner, n_outputs=dyn.n_outputs, v_ref=v_ss, fs=fs_safe, tol=tol, substeps=substeps
     )
 
-    # State n_states accumulates the resistive energy: dE/dt = resistive_power(y). A nonlinear
-    # circuit adds two more: the integrated rail and slew excesses (zero unless a limit is
-    # approached within 10% anywhere along the trajectory, not only at saved points).
+    # With `energy`, state n_states accumulates the resistive energy: dE/dt =
+    # resistive_power(y). A nonlinear circuit adds two more: the integrated rail and slew
+    # excesses (zero unless a limit is approached within 10% anywhere along the trajectory,
+    # not only at saved points).
     n_st = dyn.n_states
+    n_e = int(energy)
 
     def field(t, y, args):
         ys = y[:n_st]
-        parts = [dyn.vector_field(ys), circuit.resistive_power(ys)[None]]
+        parts = [dyn.vector_field(ys)]
+        if energy:
+            parts.append(circuit.resistive_power(ys)[None])
         if nonlinear:
             parts.append(dyn.limit_excess(ys))
         return jnp.concatenate(parts) / w_ref
 
     term = dfx.ODETerm(field)
-    y0 = jnp.zeros(n_st + 1 + 2 * nonlinear, dtype)
+    y0 = jnp.zeros(n_st + n_e + 2 * nonlinear, dtype)
     if nonlinear:
         # The equilibrium of the nonlinear circuit is not known in closed form (a rail may
         # hold an output away from the linear equilibrium): a first pass finds the final
@@ -314,10 +338,11 @@ def _simulate(
         ts = jnp.zeros((0,), dtype)
         vs = jnp.zeros((0, dyn.n_outputs), dtype)
     if nonlinear:
-        rail_hit, slew_hit = y_final[n_st + 1] > 0, y_final[n_st + 2] > 0
+        rail_hit, slew_hit = y_final[n_st + n_e] > 0, y_final[n_st + n_e + 1] > 0
     else:
         rail_hit, slew_hit = jnp.asarray(False), jnp.asarray(False)
-    y_final, e_int = y_final[:n_st], y_final[n_st]
+    e_int = y_final[n_st] if energy else jnp.asarray(jnp.nan, dtype)
+    y_final = y_final[:n_st]
     track = sol.solver_state[1]
 
     v_final = dyn.outputs(y_final)
@@ -353,8 +378,11 @@ def _simulate(
     t_settle = track.t_last / w_ref
     # After settling the power stays within O(tol) of its equilibrium value, so the resistive
     # energy up to the settling time is E(t_max) - q* (t_max - t_s), to O(tol (t_max - t_s)/t_s)
-    # of itself (the exact paths integrate to t_s).
-    e_settle = e_int - circuit.resistive_power(y_ss) * (t_end - jnp.minimum(t_settle, t_end))
+    # of itself (the exact paths integrate to t_s). Without `energy`, NaN.
+    if energy:
+        e_settle = e_int - circuit.resistive_power(y_ss) * (t_end - jnp.minimum(t_settle, t_end))
+    else:
+        e_settle = e_int
     power, energy = _energy(circuit, t_settle, result, e_settle)
     t_settle = _settling_or_flag(t_settle, result)
     out = Solution(

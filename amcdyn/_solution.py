@@ -59,7 +59,8 @@ class Solution(eqx.Module):
     - `power`: static power of all amplifiers (W), from the circuit's amplifier power model.
     - `energy`: energy of one solve (J): `power` x `settling_time`, plus the resistive
       (crossbar) dissipation $\\int_0^{t_s} \\sum G\\,\\Delta V^2 dt$ over the transient,
-      plus the DAC/ADC conversions. `inf`/`nan` exactly when `settling_time` is.
+      plus the DAC/ADC conversions. `inf`/`nan` exactly when `settling_time` is, and NaN when
+      the simulator was called with `energy=False` (not computed).
     - `rail_hit`, `slew_hit`: whether some amplifier came within 10% of its output rail
       ($|V| > 0.9\\,v_\\mathrm{sat}$) or of its slew-rate limit ($|\\dot V| > 0.9\\,\\mathrm{SR}$)
       at any time of the transient ([`amcdyn.simulate`][] integrates both conditions along

@@ -46,3 +46,9 @@ def check_nonnegative(name: str, x) -> None:
 def check_ndim(name: str, x, ndim: int) -> None:
     if np.ndim(x) != ndim:
         raise ValueError(f"`{name}` must have {ndim} dimension(s), got shape {np.shape(x)}")
+
+
+def check_flag(name: str, x) -> None:
+    """A static option that changes what is computed (a Python bool, never a traced value)."""
+    if not isinstance(x, bool | np.bool_):
+        raise ValueError(f"`{name}` must be a Python bool (a static option), got {x!r}")

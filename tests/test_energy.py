@@ -130,6 +130,88 @@ def test_energy_flags_follow_settling_time():
     assert sol.status == "unstable" and np.isnan(float(sol.energy))
 
 
+def _fields(s):
+    return dict(
+        settling_time=s.settling_time,
+        rel_error=s.rel_error,
+        settle_integral=s.settle_integral,
+        v_final=s.v_final,
+        solution=s.solution,
+        power=s.power,
+    )
+
+
+def test_energy_off_expm_is_the_same_simulation():
+    """`energy=False` drops only the resistive-energy integrand: every other field of the
+    exact-propagator path is bitwise the same, and `energy` is NaN (not computed)."""
+    a = well_conditioned(N, 3, signed=True)
+    c = amcdyn.INV.from_matrix(a, rhs_for_unit_output(a, 3))
+    on, off = amcdyn.simulate_expm(c), amcdyn.simulate_expm(c, energy=False)
+    assert off.status == on.status == "settled"
+    for k, v in _fields(on).items():
+        np.testing.assert_array_equal(_fields(off)[k], v, err_msg=k)
+    assert np.isfinite(float(on.energy)) and np.isnan(float(off.energy))
+    # Not settled by t_max: the energy is flagged like the settling time, as with energy on.
+    short = amcdyn.simulate_expm(c, t_max=0.1 * float(on.t_max), energy=False, throw=False)
+    assert short.status == "not_settled" and np.isinf(float(short.energy))
+
+
+def test_energy_off_ode_agrees_to_solver_tolerance():
+    """The diffrax path without the energy state: the step-size control no longer sees that
+    state, so the fields agree with `energy=True` to the solver's tolerance (the settling
+    time to 1e-3 of the exact one, as both do), not bitwise."""
+    a = well_conditioned(N, 4, signed=True)
+    c = amcdyn.INV.from_matrix(a, rhs_for_unit_output(a, 4))
+    exact = amcdyn.simulate_analytic(c)
+    on, off = amcdyn.simulate(c, n_save=0), amcdyn.simulate(c, n_save=0, energy=False)
+    assert np.isnan(float(off.energy)) and np.isfinite(float(on.energy))
+    for s in (on, off):
+        assert abs(float(s.settling_time) / float(exact.settling_time) - 1) < 1e-3
+    # Final outputs: within the controller's atol (1e-2 tol FS = 1e-5 FS) of each other.
+    fs = float(np.max(np.abs(np.asarray(exact.v_final))))
+    np.testing.assert_allclose(off.v_final, on.v_final, atol=2e-5 * fs)
+
+
+@pytest.mark.parametrize("path", ["ode", "expm"])
+def test_energy_off_under_jit_vmap_grad(path):
+    """Without energy, the batched path and the gradient of the smooth settling measure are
+    those of `energy=True` (expm: exactly; ODE: to the solver's tolerance, 1e-3 here). The
+    gradient is taken with respect to f_GBW, which sets the settling speed."""
+    a = well_conditioned(N, 5, signed=True)
+    b = rhs_for_unit_output(a, 5)
+    t_max = float(amcdyn.simulate_analytic(amcdyn.INV.from_matrix(a, b)).t_max)
+
+    def run(f_gbw, energy):
+        c = amcdyn.INV.from_matrix(a, b, f_gbw=f_gbw)
+        if path == "ode":
+            return amcdyn.simulate(c, t_max=t_max, n_save=0, stability=False, energy=energy)
+        return amcdyn.simulate_expm(c, t_max=t_max, stability=False, energy=energy)
+
+    gbws = jnp.array([1.1e8, 1.25e8, 1.5e8])  # faster than at t_max's f_GBW = 1e8: settled
+    on = jax.jit(jax.vmap(lambda f: run(f, True).settling_time))(gbws)
+    off = jax.jit(jax.vmap(lambda f: run(f, False).settling_time))(gbws)
+    e_off = jax.jit(jax.vmap(lambda f: run(f, False).energy))(gbws)
+    assert np.all(np.isnan(np.asarray(e_off)))
+    rtol = 0.0 if path == "expm" else 1e-3
+    np.testing.assert_allclose(off, on, rtol=rtol)
+
+    def loss(f, energy):  # f_GBW in units of 100 MHz
+        return run(f * 1e8, energy).settle_integral
+
+    g_on = jax.grad(loss)(1.0, True)
+    g_off = jax.jit(jax.grad(loss), static_argnums=1)(1.0, False)
+    assert np.isfinite(float(g_off)) and float(g_off) != 0
+    np.testing.assert_allclose(g_off, g_on, rtol=1e-12 if path == "expm" else 1e-3)
+
+
+@pytest.mark.parametrize("sim", [amcdyn.simulate, amcdyn.simulate_expm])
+@pytest.mark.parametrize("value", [1, None, jnp.asarray(True)])
+def test_energy_flag_must_be_a_bool(sim, value):
+    c = amcdyn.INV.from_matrix(np.eye(2), np.ones(2))
+    with pytest.raises(ValueError, match="`energy` must be a Python bool"):
+        sim(c, energy=value)
+
+
 def test_converters_quantize_and_pass_gradients():
     a = well_conditioned(N, 2, signed=True)
     b = rhs_for_unit_output(a, 1) * 0.5

@@ -62,6 +62,12 @@ def test_rail_clips_and_reports():
     )
     # A clipped answer is far from the exact one.
     assert float(sol.rel_error) > 0.3
+    # Without the energy state, the rail and slew monitors move one place down in the state
+    # vector: the same report, the same clipped outputs (to the controller's tolerance).
+    off = amcdyn.simulate(_inv(A_COUPLED, B_RAIL, 1.0, SR_OFF), energy=False, **KW)
+    assert off.status == "settled" and bool(off.rail_hit) and not bool(off.slew_hit)
+    np.testing.assert_allclose(off.v_final, v, atol=1e-5)
+    assert np.isnan(float(off.energy))
 
 
 def test_slew_limited_settling_closed_form():
