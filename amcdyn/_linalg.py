@@ -9,7 +9,9 @@ We captured this with gdb (`jax::ParallelBatchMap` under `LuDecompositionKernel`
 releases compile that parallel path out. Circuits are small (n <= a few hundred), so an LU
 factorization with partial pivoting as a `fori_loop` of rank-1 updates costs little, vmaps into
 plain batched arithmetic, and runs the same on CPU, GPU and TPU. `solve` eliminates on the
-augmented matrix instead (no factors kept), unrolled for 12 <= n <= 16 (`_stage_size`).
+augmented matrix instead (no factors kept), unrolled for 12 <= n <= 16 (`_stage_size`); above
+16 it eliminates by blocks on Schur complements, mostly dense products, with a residual check
+and the pivoted elimination as fallback (`_solve_checked`).
 """
 
 import jax
@@ -183,10 +185,89 @@ def _eliminate(a: Float[Array, "n n"], rhs: Float[Array, "n k"]) -> Float[Array,
     return jax.lax.fori_loop(0, n, backward, jnp.zeros(shape, dtype))
 
 
+# Systems larger than _SCHUR_MIN are solved by block elimination on Schur complements: halve
+# the matrix, solve with the leading block (recursively, with its off-diagonal block as extra
+# right-hand sides), eliminate by one matrix product, recurse on the Schur complement, down to
+# blocks of at most _SCHUR_BASE (pivoted elimination). Nearly all the work is then in dense
+# products, which XLA:CPU runs far faster than the rank-1 updates of an elimination loop
+# (measured n = 64, float32, a batch of 1024 in chunks of 32: 27 vs 72 us per solve; LAPACK's
+# batched getrf/getrs 28 us). It pivots only inside the base blocks, so it can be unstable
+# where partial pivoting is not; every such solve is therefore checked by its residual
+# (`_backward_ok`), and a batch with any failing system is solved again by the pivoted
+# elimination (`_solve_checked`).
+_SCHUR_MIN = 16
+_SCHUR_BASE = 12
+# Accepted residual, in units of eps (|A|_inf |x|_inf + |b|_inf): measured n = 32/64, float32,
+# at most 3 for the pivoted elimination on any matrix; the block elimination reaches 1.5 on
+# diagonally dominant matrices and a median 15 (up to 1e6 with near-zero leading blocks) on
+# Gaussian ones, which then take the pivoted path.
+_RESIDUAL_EPS = 8.0
+
+
+def _schur(a, rhs):
+    n = a.shape[-1]
+    if n <= _SCHUR_BASE:
+        return _eliminate(a, rhs)
+    h = n // 2
+    k = n - h
+    head = _schur(a[:h, :h], jnp.concatenate([a[:h, h:], rhs[:h]], axis=1))
+    x12, y = head[:, :k], head[:, k:]  # A11^-1 A12, A11^-1 b1
+    z2 = _schur(a[h:, h:] - a[h:, :h] @ x12, rhs[h:] - a[h:, :h] @ y)
+    return jnp.concatenate([y - x12 @ z2, z2], axis=0)
+
+
+def _backward_ok(a, rhs, x):
+    """Whether `x` solves `a x = rhs` to a backward error of a few roundoffs."""
+    eps = jnp.finfo(x.dtype).eps
+    res = jnp.max(jnp.abs(rhs - a @ x))
+    scale = jnp.max(jnp.sum(jnp.abs(a), axis=1)) * jnp.max(jnp.abs(x)) + jnp.max(jnp.abs(rhs))
+    return res <= _RESIDUAL_EPS * eps * scale
+
+
+@jax.custom_batching.custom_vmap
+def _solve_checked(a, rhs):
+    x = _schur(a, rhs)
+    return jax.lax.cond(_backward_ok(a, rhs, x), lambda: x, lambda: _eliminate(a, rhs))
+
+
+@_solve_checked.def_vmap
+def _solve_checked_batched(axis_size, in_batched, a, rhs):
+    # Decided once per batch (a per-system `cond` becomes a select under `vmap`, which would
+    # run both eliminations for every system): the pivoted one runs only if some system of the
+    # batch fails its residual check, and replaces only those.
+    a, rhs = (
+        x if batched else jnp.broadcast_to(x, (axis_size,) + x.shape)
+        for x, batched in zip((a, rhs), in_batched)
+    )
+    x = jax.vmap(_schur)(a, rhs)
+    ok = jax.vmap(_backward_ok)(a, rhs, x)
+
+    def redo():
+        return jnp.where(ok[:, None, None], x, jax.vmap(_eliminate)(a, rhs))
+
+    return jax.lax.cond(jnp.all(ok), lambda: x, redo), True
+
+
+def _eliminate_any(a, rhs):
+    if a.shape[-1] > _SCHUR_MIN:
+        return _solve_checked(a, rhs)
+    return _eliminate(a, rhs)
+
+
 def _solve(a, b):
-    if b.ndim == 1:
-        return _eliminate(a, b[:, None])[:, 0]
-    return _eliminate(a, b)
+    bm = b[:, None] if b.ndim == 1 else b
+    if a.shape[-1] > _SCHUR_MIN:
+        # JAX cannot transpose through `custom_vmap`; `custom_linear_solve` tells it that the
+        # solve is linear in the right-hand side, with A^T's solve as the transpose.
+        x = jax.lax.custom_linear_solve(
+            lambda v: a @ v,
+            bm,
+            solve=lambda _, r: _solve_checked(a, r),
+            transpose_solve=lambda _, r: _solve_checked(a.T, r),
+        )
+    else:
+        x = _eliminate(a, bm)
+    return x[:, 0] if b.ndim == 1 else x
 
 
 @jax.custom_jvp
@@ -203,7 +284,7 @@ def _solve_jvp(primals, tangents):
     bm = b[:, None] if b.ndim == 1 else b
     # One elimination gives both x and A^{-1}; the tangent is then a product with constants,
     # which reverse mode transposes.
-    y = _eliminate(a, jnp.concatenate([bm, jnp.eye(n, dtype=bm.dtype)], axis=1))
+    y = _eliminate_any(a, jnp.concatenate([bm, jnp.eye(n, dtype=bm.dtype)], axis=1))
     k = bm.shape[1]
     x, a_inv = y[:, :k], y[:, k:]
     x = x[:, 0] if b.ndim == 1 else x

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from amcdyn import _linalg as _lin
 from amcdyn._linalg import solve
 
 
@@ -90,3 +91,87 @@ def test_solve_jit_vmap_grad():
         np.asarray(jax.jacfwd(f, argnums=0)(a[0], b[0], jnp.linalg.solve)),
         atol=1e-12,
     )
+
+
+def _dominant(rng, n):
+    r = rng.uniform(-1, 1, (n, n))
+    np.fill_diagonal(r, 0.0)
+    return np.eye(n) + 0.8 * r / np.abs(r).sum(1, keepdims=True)
+
+
+def _swapped_halves(rng, n):
+    # Well conditioned, but its leading half block is nearly zero: block elimination on Schur
+    # complements without pivoting across blocks breaks down, partial pivoting does not.
+    h = n // 2
+    a = 1e-3 * rng.normal(size=(n, n))
+    a[:h, h:] += _dominant(rng, n - h)[:h, :]
+    a[h:, :h] += _dominant(rng, h)
+    return a
+
+
+@pytest.mark.parametrize("n", [24, 40])
+def test_block_solve_path_and_fallback(n):
+    # n > 16: the block (Schur-complement) elimination, checked by its residual. On a
+    # diagonally dominant matrix it passes the check; on one whose leading block is nearly
+    # zero it fails it, and the pivoted elimination answers instead. Both agree with NumPy
+    # to roundoff times the condition number.
+    rng = np.random.default_rng(n)
+    b = rng.normal(size=(n, 2))
+    for make, fast in ((_dominant, True), (_swapped_halves, False)):
+        a = make(rng, n)
+        assert bool(_lin._backward_ok(a, b, _lin._schur(a, b))) is fast, make.__name__
+        tol = 1e-13 * np.linalg.cond(a)
+        np.testing.assert_allclose(np.asarray(_solve_jit(a, b)), np.linalg.solve(a, b), atol=tol)
+
+
+def test_block_solve_batches_mix_both_paths():
+    # Under vmap the residual check is decided per batch: a batch with one failing system
+    # re-solves that one by pivoting and keeps the others; nested vmaps and float32 too.
+    rng = np.random.default_rng(7)
+    n = 32
+    a = np.stack([_dominant(rng, n), _swapped_halves(rng, n), _dominant(rng, n)])
+    b = rng.normal(size=(3, n))
+    want = np.linalg.solve(a, b[..., None])[..., 0]
+    tol = 1e-13 * max(np.linalg.cond(m) for m in a)
+    np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(solve))(a, b)), want, atol=tol)
+    good = np.stack([_dominant(rng, n) for _ in range(3)])
+    np.testing.assert_allclose(
+        np.asarray(jax.jit(jax.vmap(solve))(good, b)),
+        np.linalg.solve(good, b[..., None])[..., 0],
+        atol=1e-13 * max(np.linalg.cond(m) for m in good),
+    )
+    # vmap of vmap, and one matrix for many right-hand sides (unbatched a).
+    a2, b2 = np.stack([a, good]), np.stack([b, b])
+    got = jax.jit(jax.vmap(jax.vmap(solve)))(a2, b2)
+    np.testing.assert_allclose(
+        np.asarray(got), np.linalg.solve(a2, b2[..., None])[..., 0], atol=tol
+    )
+    got = jax.vmap(solve, in_axes=(None, 0))(a[1], b)
+    np.testing.assert_allclose(
+        np.asarray(got), np.linalg.solve(a[1], b.T).T, atol=1e-13 * np.linalg.cond(a[1])
+    )
+    # float32: the block path's answer is a backward-stable one.
+    a32, b32 = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    got = np.asarray(jax.jit(jax.vmap(solve))(a32, b32), float)
+    res = np.einsum("bij,bj->bi", a, got) - b
+    scale = np.abs(a).sum(2).max(1) * np.abs(got).max(1) + np.abs(b).max(1)
+    assert np.all(np.abs(res).max(1) <= 8 * np.finfo(np.float32).eps * scale * 1.5)
+
+
+def test_block_solve_grad_and_transpose():
+    # Gradients through the block path (n > 16) equal jnp.linalg.solve's, on both paths of
+    # the residual check; the transpose (linear in b) is A^-T b.
+    rng = np.random.default_rng(3)
+    n = 24
+    b = rng.normal(size=n)
+
+    def f(a, b, lin):
+        return jnp.sum(jnp.sin(lin(a, b)))
+
+    for a in (_dominant(rng, n), _swapped_halves(rng, n)):
+        for argnum in (0, 1):
+            g = jax.jit(jax.grad(f, argnums=argnum), static_argnums=2)(a, b, solve)
+            g_ref = jax.grad(f, argnums=argnum)(a, b, jnp.linalg.solve)
+            np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), atol=1e-11)
+        (got,) = jax.linear_transpose(lambda v: solve(a, v), np.zeros(n))(b)
+        np.testing.assert_allclose(np.asarray(got), np.linalg.solve(a.T, b), atol=1e-11)
