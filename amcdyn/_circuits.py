@@ -16,7 +16,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._converters import ADC, DAC
-from ._linalg import solve
+from ._linalg import solve, solve_blocked
 from ._opamp import K_GBW, P_STATIC, OpAmp, _check_f_p2, limit_rate
 from ._validate import check_finite, check_ndim, check_nonnegative, check_positive, is_concrete
 from ._wires import _check_resistance, inv_row_operator, mvm_row_operator
@@ -434,7 +434,7 @@ class _LoopDynamics(AbstractDynamics):
                     gamma = self.inv_drive * ones / denom
                     rhs = rhs - self.p[:, n:] @ gamma
             m = m + jnp.diag(self.w0 * ones / (self.w_t * ones))
-            v = solve(m, rhs)
+            v = solve_blocked(m, rhs)
         parts = [v]
         if self.inv_w_t is not None:
             z = -beta * v
@@ -754,7 +754,7 @@ class INV(AbstractCircuit):
         return x if self.col_scale is None else x * self.col_scale
 
     def exact_solution(self):
-        return solve(self.a, self.b)
+        return solve_blocked(self.a, self.b)
 
     def amplifier_gbw(self):
         f = jnp.broadcast_to(self.amp.f_gbw, (self.n,))

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from amcdyn import _linalg as _lin
-from amcdyn._linalg import solve
+from amcdyn._linalg import solve, solve_blocked
 
 
 # Under jit: called eagerly, the unrolled elimination (n = 16) dispatches ~240 primitives, each
 # compiled on its own (measured 18.6 s of CPU against 3.9 s for the one jitted program).
 _solve_jit = jax.jit(solve)
+_blocked_jit = jax.jit(solve_blocked)
 
 
 # 1, 2, 7: one loop; 16: unrolled (the largest); 17: staged (the smallest); 33: uneven stages;
@@ -111,17 +112,17 @@ def _swapped_halves(rng, n):
 
 @pytest.mark.parametrize("n", [24, 40])
 def test_block_solve_path_and_fallback(n):
-    # n > 16: the block (Schur-complement) elimination, checked by its residual. On a
-    # diagonally dominant matrix it passes the check; on one whose leading block is nearly
-    # zero it fails it, and the pivoted elimination answers instead. Both agree with NumPy
-    # to roundoff times the condition number.
+    # `solve_blocked`, n > 16: the block (Schur-complement) elimination, checked by its
+    # residual. On a diagonally dominant matrix it passes the check; on one whose leading
+    # block is nearly zero it fails it, and the pivoted elimination answers instead. Both
+    # agree with NumPy to roundoff times the condition number.
     rng = np.random.default_rng(n)
     b = rng.normal(size=(n, 2))
     for make, fast in ((_dominant, True), (_swapped_halves, False)):
         a = make(rng, n)
         assert bool(_lin._backward_ok(a, b, _lin._schur(a, b))) is fast, make.__name__
         tol = 1e-13 * np.linalg.cond(a)
-        np.testing.assert_allclose(np.asarray(_solve_jit(a, b)), np.linalg.solve(a, b), atol=tol)
+        np.testing.assert_allclose(np.asarray(_blocked_jit(a, b)), np.linalg.solve(a, b), atol=tol)
 
 
 def test_block_solve_batches_mix_both_paths():
@@ -133,26 +134,26 @@ def test_block_solve_batches_mix_both_paths():
     b = rng.normal(size=(3, n))
     want = np.linalg.solve(a, b[..., None])[..., 0]
     tol = 1e-13 * max(np.linalg.cond(m) for m in a)
-    np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(solve))(a, b)), want, atol=tol)
+    np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(solve_blocked))(a, b)), want, atol=tol)
     good = np.stack([_dominant(rng, n) for _ in range(3)])
     np.testing.assert_allclose(
-        np.asarray(jax.jit(jax.vmap(solve))(good, b)),
+        np.asarray(jax.jit(jax.vmap(solve_blocked))(good, b)),
         np.linalg.solve(good, b[..., None])[..., 0],
         atol=1e-13 * max(np.linalg.cond(m) for m in good),
     )
     # vmap of vmap, and one matrix for many right-hand sides (unbatched a).
     a2, b2 = np.stack([a, good]), np.stack([b, b])
-    got = jax.jit(jax.vmap(jax.vmap(solve)))(a2, b2)
+    got = jax.jit(jax.vmap(jax.vmap(solve_blocked)))(a2, b2)
     np.testing.assert_allclose(
         np.asarray(got), np.linalg.solve(a2, b2[..., None])[..., 0], atol=tol
     )
-    got = jax.vmap(solve, in_axes=(None, 0))(a[1], b)
+    got = jax.vmap(solve_blocked, in_axes=(None, 0))(a[1], b)
     np.testing.assert_allclose(
         np.asarray(got), np.linalg.solve(a[1], b.T).T, atol=1e-13 * np.linalg.cond(a[1])
     )
     # float32: the block path's answer is a backward-stable one.
     a32, b32 = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
-    got = np.asarray(jax.jit(jax.vmap(solve))(a32, b32), float)
+    got = np.asarray(jax.jit(jax.vmap(solve_blocked))(a32, b32), float)
     res = np.einsum("bij,bj->bi", a, got) - b
     scale = np.abs(a).sum(2).max(1) * np.abs(got).max(1) + np.abs(b).max(1)
     assert np.all(np.abs(res).max(1) <= 8 * np.finfo(np.float32).eps * scale * 1.5)
@@ -170,8 +171,17 @@ def test_block_solve_grad_and_transpose():
 
     for a in (_dominant(rng, n), _swapped_halves(rng, n)):
         for argnum in (0, 1):
-            g = jax.jit(jax.grad(f, argnums=argnum), static_argnums=2)(a, b, solve)
+            g = jax.jit(jax.grad(f, argnums=argnum), static_argnums=2)(a, b, solve_blocked)
             g_ref = jax.grad(f, argnums=argnum)(a, b, jnp.linalg.solve)
             np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), atol=1e-11)
-        (got,) = jax.linear_transpose(lambda v: solve(a, v), np.zeros(n))(b)
+        (got,) = jax.linear_transpose(lambda v: solve_blocked(a, v), np.zeros(n))(b)
         np.testing.assert_allclose(np.asarray(got), np.linalg.solve(a.T, b), atol=1e-11)
+
+
+def test_plain_solve_keeps_the_pivoted_elimination():
+    # `solve` (every solve but an INV's equilibrium and exact answer) compiles no block path.
+    a = _swapped_halves(np.random.default_rng(1), 24)
+    # The block path's residual check is a `cond`, lowered to stablehlo.case.
+    text = jax.jit(solve).lower(a, np.ones(24)).as_text()
+    assert "stablehlo.case" not in text
+    assert "stablehlo.case" in jax.jit(solve_blocked).lower(a, np.ones(24)).as_text()
