@@ -6,8 +6,10 @@ One run measures, on the same circuits (signed, well-conditioned INV, A = I + 0.
 - ngspice: one `ngspice -b` process per netlist, as users run it (default options; tight options
   as well), wall time per circuit;
 - amcdyn ODE path: `jax.lax.map(simulate, batch_size=chunk)` over 1024 circuits in one compiled
-  call, float32, settling time, relative error and energy per circuit included (no waveform saved);
-- amcdyn exact-propagator path (`simulate_expm`), batched the same way;
+  call, float32, settling time and relative error per circuit included (no waveform saved), as
+  the core issue asks; the resistive energy is not integrated (`energy=False`);
+- amcdyn exact-propagator path (`simulate_expm`), batched the same way, with `energy=False`, and
+  once more with the energy (`energy=True`, the default; column "expm + energy");
 - amcdyn analytic path (eigendecomposition), batched the same way;
 - compile time, and gradient-to-forward time ratio of a batched loss.
 
@@ -189,7 +191,11 @@ def bench_size(n, args, log):
     # --- amcdyn ODE path (diffrax Tsit5), batched, float32
     def one_ode(ai, bi):
         c = amcdyn.INV.from_matrix(ai, bi)
-        return fields(amcdyn.simulate(c, t_max=t_max, n_save=0, stability=False, throw=False))
+        return fields(
+            amcdyn.simulate(
+                c, t_max=t_max, n_save=0, stability=False, energy=False, throw=False
+            )
+        )
 
     ode = jax.jit(lambda a_, b_: batched(one_ode, a_, b_))
     t = time.perf_counter()
@@ -200,11 +206,13 @@ def bench_size(n, args, log):
     row["ode_settled"] = int(np.sum(np.asarray(status) == 0))
     log(f"  N={n}: ODE {row['ode_us']:.1f} us/circuit")
 
-    # --- amcdyn exact-propagator path, batched, float32
-    def one_expm(ai, bi):
+    # --- amcdyn exact-propagator path, batched, float32; without and with the energy
+    def one_expm(ai, bi, energy=False):
         c = amcdyn.INV.from_matrix(ai, bi)
         return fields(
-            amcdyn.simulate_expm(c, t_max=t_max, n_steps=EXPM_STEPS, stability=False, throw=False)
+            amcdyn.simulate_expm(
+                c, t_max=t_max, n_steps=EXPM_STEPS, stability=False, energy=energy, throw=False
+            )
         )
 
     ex = jax.jit(lambda a_, b_: batched(one_expm, a_, b_))
@@ -212,6 +220,14 @@ def bench_size(n, args, log):
     row["expm_us"] = 1e6 * row["expm_s"] / BATCH
     row["expm_settled"] = int(np.sum(np.asarray(status_ex) == 0))
     log(f"  N={n}: expm {row['expm_us']:.1f} us/circuit")
+    ex_e = jax.jit(lambda a_, b_: batched(lambda x, y: one_expm(x, y, energy=True), a_, b_))
+    row["expm_e_s"], (ts_ex_e, _, _, energy_ex) = timeit(ex_e, a32, b32, repeat=args.repeat)
+    row["expm_e_us"] = 1e6 * row["expm_e_s"] / BATCH
+    # The energy adds work, nothing else: the same settling times (to rounding: the two programs
+    # may fuse differently), finite energies.
+    np.testing.assert_allclose(np.asarray(ts_ex_e), np.asarray(ts_ex), rtol=1e-5)
+    assert np.all(np.isfinite(np.asarray(energy_ex)[np.asarray(status_ex) == 0]))
+    log(f"  N={n}: expm + energy {row['expm_e_us']:.1f} us/circuit")
 
     # --- analytic path, batched, float64 (eigendecomposition): the exact reference
     def one_an(ai, bi):
@@ -256,11 +272,16 @@ def bench_size(n, args, log):
     nb = 256
     a_one, b_one = jnp.asarray(a[:nb], jnp.float32), jnp.asarray(b[:nb], jnp.float32)
     for name, sim in (
-        ("ode", lambda c: amcdyn.simulate(c, t_max=t_max, n_save=0, stability=False, throw=False)),
+        (
+            "ode",
+            lambda c: amcdyn.simulate(
+                c, t_max=t_max, n_save=0, stability=False, energy=False, throw=False
+            ),
+        ),
         (
             "expm",
             lambda c: amcdyn.simulate_expm(
-                c, t_max=t_max, n_steps=EXPM_STEPS, stability=False, throw=False
+                c, t_max=t_max, n_steps=EXPM_STEPS, stability=False, energy=False, throw=False
             ),
         ),
     ):
@@ -299,7 +320,9 @@ def write_table(rows, path, complete):
         "ODE: diffrax Tsit5 "
         f"(rtol 1e-5), float32; expm: exact propagator (`simulate_expm`, {EXPM_STEPS} steps), "
         "float32; both "
-        "with settling time, error and energy per circuit, no waveform saved; analytic: "
+        "with settling time and error per circuit, without the resistive energy "
+        "(`energy=False`), no waveform saved; expm + energy: the same with `energy=True`; "
+        "analytic: "
         "eigendecomposition, float64 (the reference for the settling-time columns). grad/fwd: "
         "batched loss over 256 circuits. Ratios are from this run."
         + (
@@ -313,10 +336,11 @@ def write_table(rows, path, complete):
         "",
         "| N | states | ngspice [ms/circuit] | ngspice tight [ms] | ODE [us/circuit] "
         "| ODE vs ngspice "
-        "| expm [us/circuit] | expm vs ngspice | analytic [us/circuit] | compile ODE [s] "
+        "| expm [us/circuit] | expm vs ngspice | expm + energy [us/circuit] "
+        "| analytic [us/circuit] | compile ODE [s] "
         "| grad/fwd ODE | grad/fwd expm | settled ODE / expm | ODE settle vs exact "
         "| expm settle vs exact | ngspice-tight settle vs exact |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     if any("ngspice_par_ms" in r for r in rows):
         lines[-2] += " ngspice xK [ms/circuit] | expm vs ngspice xK |"
@@ -325,7 +349,8 @@ def write_table(rows, path, complete):
         lines.append(
             f"| {r['n']} | {r['states']} | {r['ngspice_ms']:.1f} | {r['ngspice_tight_ms']:.1f} | "
             f"{r['ode_us']:.1f} | {r['ode_vs_spice']:,.0f}x | {r['expm_us']:.1f} | "
-            f"{r['expm_vs_spice']:,.0f}x | {r['an_us']:.1f} | {r['compile_s']:.1f} | "
+            f"{r['expm_vs_spice']:,.0f}x | {r['expm_e_us']:.1f} | {r['an_us']:.1f} | "
+            f"{r['compile_s']:.1f} | "
             f"{r['ode_grad_ratio']:.2f} | {r['expm_grad_ratio']:.2f} | "
             f"{r['ode_settled']}/{r['expm_settled']} of {BATCH} | {r['settle_vs_exact']:.1e} | "
             f"{r['expm_settle_vs_exact']:.1e} | {r['spice_settle_vs_exact']:.1e} |"
