@@ -427,7 +427,7 @@ def _simulate_expm(circuit, tol, t_max, n_steps, save, stability, energy, throw)
         e_settle = jnp.where(last_k < 0, 0, (q_ss * tau_s + last_int[1] + part) / w_ref)
     else:
         e_settle = jnp.asarray(jnp.nan, dtype)
-    power, energy = _energy(circuit, t_settle, result, e_settle)
+    power, e_solve = _energy(circuit, t_settle, result, e_settle)
     t_settle = _settling_or_flag(t_settle, result)
     if save:
         ts = jnp.linspace(0, 1, n_steps + 1, dtype=dtype) * t_end
@@ -456,7 +456,7 @@ def _simulate_expm(circuit, tol, t_max, n_steps, save, stability, energy, throw)
         result=result,
         num_steps=jnp.asarray(n_steps, jnp.int32),
         power=power,
-        energy=energy,
+        energy=e_solve,
     )
     if throw:
         out = result.error_if(out, result != RESULTS.settled)

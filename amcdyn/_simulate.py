@@ -383,7 +383,7 @@ def _simulate(
         e_settle = e_int - circuit.resistive_power(y_ss) * (t_end - jnp.minimum(t_settle, t_end))
     else:
         e_settle = e_int
-    power, energy = _energy(circuit, t_settle, result, e_settle)
+    power, e_solve = _energy(circuit, t_settle, result, e_settle)
     t_settle = _settling_or_flag(t_settle, result)
     out = Solution(
         ts=ts,
@@ -406,7 +406,7 @@ def _simulate(
         result=result,
         num_steps=sol.stats["num_accepted_steps"],
         power=power,
-        energy=energy,
+        energy=e_solve,
         rail_hit=rail_hit,
         slew_hit=slew_hit,
     )
