@@ -251,15 +251,20 @@ def _solve_checked_batched(axis_size, in_batched, a, rhs):
     return jax.lax.cond(jnp.all(ok), lambda: x, redo), True
 
 
+def _uses_blocks(a, blocked):
+    """Whether a solve takes the block path: `solve_blocked`, above _SCHUR_MIN."""
+    return blocked and a.shape[-1] > _SCHUR_MIN
+
+
 def _eliminate_any(a, rhs, blocked):
-    if blocked and a.shape[-1] > _SCHUR_MIN:
+    if _uses_blocks(a, blocked):
         return _solve_checked(a, rhs)
     return _eliminate(a, rhs)
 
 
 def _solve(a, b, blocked):
     bm = b[:, None] if b.ndim == 1 else b
-    if blocked and a.shape[-1] > _SCHUR_MIN:
+    if _uses_blocks(a, blocked):
         # JAX cannot transpose through `custom_vmap`; `custom_linear_solve` tells it that the
         # solve is linear in the right-hand side, with A^T's solve as the transpose.
         x = jax.lax.custom_linear_solve(

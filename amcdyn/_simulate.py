@@ -341,7 +341,7 @@ def _simulate(
         rail_hit, slew_hit = y_final[n_st + n_e] > 0, y_final[n_st + n_e + 1] > 0
     else:
         rail_hit, slew_hit = jnp.asarray(False), jnp.asarray(False)
-    e_int = y_final[n_st] if energy else jnp.asarray(jnp.nan, dtype)
+    e_int = y_final[n_st] if energy else None
     y_final = y_final[:n_st]
     track = sol.solver_state[1]
 
@@ -382,7 +382,7 @@ def _simulate(
     if energy:
         e_settle = e_int - circuit.resistive_power(y_ss) * (t_end - jnp.minimum(t_settle, t_end))
     else:
-        e_settle = e_int
+        e_settle = jnp.asarray(jnp.nan, dtype)
     power, e_solve = _energy(circuit, t_settle, result, e_settle)
     t_settle = _settling_or_flag(t_settle, result)
     out = Solution(

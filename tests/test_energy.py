@@ -189,6 +189,7 @@ def test_energy_off_under_jit_vmap_grad(path):
 
     gbws = jnp.array([1.1e8, 1.25e8, 1.5e8])  # faster than at t_max's f_GBW = 1e8: settled
     on = jax.jit(jax.vmap(lambda f: run(f, True).settling_time))(gbws)
+
     def time_and_energy(f):
         s = run(f, False)
         return s.settling_time, s.energy
