@@ -73,6 +73,7 @@ from ._noise import (
 )
 from ._opamp import OpAmp as OpAmp
 from ._propagator import simulate_expm as simulate_expm
+from ._rk import Unrolled as Unrolled
 from ._simulate import simulate as simulate, simulate_analytic as simulate_analytic
 from ._solution import RESULTS as RESULTS, Solution as Solution
 

@@ -12,6 +12,7 @@ from jaxtyping import Array, Float
 from ._circuits import AbstractCircuit
 from ._linalg import solve
 from ._observe import SettleObserver, resolve_implicit_tolerances
+from ._rk import Unrolled
 from ._solution import RESULTS, Solution
 from ._validate import check_flag, check_positive, is_concrete
 
@@ -131,15 +132,16 @@ def _check_options(tol, t_max, n_save):
 
 
 def _pick_solver(circuit):
-    """Tsit5 for well-conditioned circuits, Kvaerno5 for stiff ones (decided eagerly)."""
+    """Tsit5 (stages unrolled) for well-conditioned circuits, Kvaerno5 for stiff ones (decided
+    eagerly)."""
     leaves = jax.tree_util.tree_leaves(eqx.filter(circuit, eqx.is_array))
     if not all(is_concrete(x) for x in leaves):
-        return dfx.Tsit5()  # traced: no value-dependent (static) choice possible
+        return Unrolled(dfx.Tsit5())  # traced: no value-dependent (static) choice possible
     lam = np.linalg.eigvals(np.asarray(circuit.dynamics().jacobian(), dtype=float))
     re = -lam.real
     if np.all(re > 0) and re.max() / re.min() > _STIFF_RATIO:
         return dfx.Kvaerno5()
-    return dfx.Tsit5()
+    return Unrolled(dfx.Tsit5())
 
 
 def simulate(
@@ -178,9 +180,11 @@ def simulate(
     - `tol`: relative settling band $\varepsilon$ (default 1e-3).
     - `t_max`: end time (s). Default: $1.5\ln(10/\varepsilon)/r$ with $r$ the slowest decay
       rate from the eigenvalues of the linearized system.
-    - `solver`: any diffrax solver. Default: `Tsit5` for well-conditioned circuits, `Kvaerno5`
-      when the ratio of decay rates exceeds 100 (decided only for concrete circuits: under
-      `jit`/`vmap` the default is `Tsit5`; pass a solver, or use [`amcdyn.simulate_analytic`][]).
+    - `solver`: any diffrax solver. Default: `Unrolled(Tsit5())` (Tsit5 with its stages
+      unrolled, see [`amcdyn.Unrolled`][]) for well-conditioned circuits, `Kvaerno5` when the
+      ratio of decay rates exceeds 100 (decided only for concrete circuits: under `jit`/`vmap`
+      the default is `Unrolled(Tsit5())`; pass a solver, or use
+      [`amcdyn.simulate_analytic`][]).
     - `stepsize_controller`: default `PIDController(rtol=1e-2·tol, atol=1e-2·tol·FS)`
       (`1e-3·tol` for a nonlinear circuit).
     - `adjoint`: any diffrax adjoint (default `RecursiveCheckpointAdjoint`).
