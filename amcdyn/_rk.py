@@ -69,9 +69,7 @@ class Unrolled(dfx.AbstractAdaptiveSolver):
             f0 = solver_state
             if made_jump is not False:
                 # After a jump in the field (diffrax's `jump_ts`) the carried value is stale.
-                f0 = jax.lax.cond(
-                    made_jump, lambda: terms.vf(t0, y0, args), lambda: solver_state
-                )
+                f0 = jax.lax.cond(made_jump, lambda: terms.vf(t0, y0, args), lambda: solver_state)
         else:
             f0 = terms.vf(t0, y0, args)
         fs = [f0]
