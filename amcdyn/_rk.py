@@ -58,6 +58,12 @@ class Unrolled(dfx.AbstractAdaptiveSolver):
         return type(self.solver).tableau
 
     def init(self, terms, t0, t1, y0, args):
+        # diffrax wraps the user's term (WrapTerm, for the direction of integration).
+        term = getattr(terms, "term", terms)
+        if not isinstance(term, dfx.ODETerm):
+            raise ValueError(
+                f"`Unrolled` integrates ODEs (a diffrax.ODETerm), got {type(term).__name__}"
+            )
         # First-same-as-last: the state carries the field at the start of the next step.
         return terms.vf(t0, y0, args) if self._tableau.fsal else None
 

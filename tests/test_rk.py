@@ -114,6 +114,15 @@ def test_rejects_other_solvers():
             amcdyn.Unrolled(bad)
 
 
+def test_rejects_other_terms():
+    # Its stage increments are h f: a control term (an SDE's, a CDE's) would be integrated
+    # wrongly, so it is refused.
+    path = dfx.LinearInterpolation(ts=jnp.array([0.0, 1.0]), ys=jnp.array([0.0, 2.0]))
+    term = dfx.ControlTerm(lambda t, y, args: -y, path)
+    with pytest.raises(ValueError, match="ODETerm"):
+        dfx.diffeqsolve(term, amcdyn.Unrolled(dfx.Tsit5()), 0.0, 1.0, 0.1, jnp.ones(2))
+
+
 def test_default_solver_of_simulate():
     # The default for well-conditioned (and traced) circuits; it agrees with diffrax's Tsit5 on
     # an INV circuit in float64 to rounding (settling time to 1e-9 relative, same steps).
