@@ -25,6 +25,10 @@ class Unrolled(dfx.AbstractAdaptiveSolver):
 
     Only ODEs (`diffrax.ODETerm`, array state) and explicit single-tableau solvers
     (`diffrax.AbstractERK` subclasses such as `Tsit5`, `Dopri5`, `Dopri8`, `Bosh3`).
+
+    **Arguments:**
+
+    - `solver`: the explicit Runge–Kutta solver whose step to unroll, e.g. `diffrax.Tsit5()`.
     """
 
     solver: dfx.AbstractERK
@@ -103,9 +107,3 @@ def _combine(coeffs, fs, dtype):
     for t in terms[1:]:
         out = out + t
     return out
-
-
-Unrolled.__init__.__doc__ = """**Arguments:**
-
-- `solver`: the explicit Runge–Kutta solver whose step to unroll, e.g. `diffrax.Tsit5()`.
-"""
