@@ -20,6 +20,13 @@ from ._validate import check_flag, check_positive, is_concrete
 # Settling band is checked against max|v_steady|; a zero steady state falls back to 1 V.
 _STIFF_RATIO = 100.0  # above this ratio of decay rates, `solver=None` picks an implicit method
 _DIVERGED = 1e3  # a deviation of 1000 full scales during the transient means divergence
+# Checkpoints of the default reverse-mode adjoint. diffrax's own default, O(sqrt(max_steps)),
+# is 180 for max_steps = 16384, and the checkpointed loop's cost per step grows with the number
+# of checkpoints; an AMC transient takes 20-60 steps (explicit RK), and up to about 2000 steps
+# 64 checkpoints still recompute each step at most once (online treeverse). Measured on the
+# benchmark's INV gradients (studies/bench_core.py, 256 circuits): 2-10 % faster at N = 16
+# and 64, same values.
+_CHECKPOINTS = 64
 
 
 @jax.custom_jvp
@@ -151,7 +158,7 @@ def simulate(
     t_max: float | Float[Array, ""] | None = None,
     solver: dfx.AbstractSolver | None = None,
     stepsize_controller: dfx.AbstractStepSizeController | None = None,
-    adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint(),
+    adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint(checkpoints=_CHECKPOINTS),
     n_save: int = 201,
     max_steps: int = 16384,
     stability: bool = True,
@@ -187,7 +194,9 @@ def simulate(
       [`amcdyn.simulate_analytic`][]).
     - `stepsize_controller`: default `PIDController(rtol=1e-2·tol, atol=1e-2·tol·FS)`
       (`1e-3·tol` for a nonlinear circuit).
-    - `adjoint`: any diffrax adjoint (default `RecursiveCheckpointAdjoint`).
+    - `adjoint`: any diffrax adjoint (default `RecursiveCheckpointAdjoint(checkpoints=64)`;
+      diffrax's default keeps about $\sqrt{2\,\mathrm{max\_steps}}$ checkpoints, which costs
+      more per step).
     - `n_save`: number of uniformly spaced saved waveform points (0 saves none: fastest).
     - `max_steps`: diffrax step budget.
     - `stability`: compute the eigenvalues of the linearized system (a dense `eig`; skip it in
