@@ -357,6 +357,7 @@ def _simulate(
     e_int = y_final[n_st] if energy else None
     y_final = y_final[:n_st]
     track = sol.solver_state[1]
+    t_last = observer.t_last(track)
 
     v_final = dyn.outputs(y_final)
     x = circuit.decode(v_final)
@@ -364,14 +365,17 @@ def _simulate(
     rel_error, bits = _rel_error(x, x_exact)
     dev_final = jnp.max(jnp.abs(v_final - v_ss)) / fs_safe
     finite = (
-        jnp.all(jnp.isfinite(y_final)) & jnp.isfinite(track.t_last) & jnp.all(jnp.isfinite(x_exact))
+        jnp.all(jnp.isfinite(y_final))
+        & jnp.isfinite(t_last)
+        & jnp.isfinite(track.max_dev)
+        & jnp.all(jnp.isfinite(x_exact))
     )
     unstable = (~stable) | (track.max_dev > _DIVERGED)
     if nonlinear:
         # The band is centred on the final value itself, so ask instead that the outputs
         # stayed inside it for the last 10% of the run (a transient still drifting at t_max
         # leaves the band shortly before the end).
-        dev_final = jnp.where(track.t_last > 0.9 * t1, jnp.inf, dev_final)
+        dev_final = jnp.where(t_last > 0.9 * t1, jnp.inf, dev_final)
     result = RESULTS.where(
         ~finite,
         RESULTS.nonfinite,
@@ -388,7 +392,7 @@ def _simulate(
     diverged = (result == RESULTS.unstable) | (result == RESULTS.nonfinite)
     rel_error = jnp.where(diverged, jnp.nan, rel_error)
     bits = jnp.where(diverged, jnp.nan, bits)
-    t_settle = track.t_last / w_ref
+    t_settle = t_last / w_ref
     # After settling the power stays within O(tol) of its equilibrium value, so the resistive
     # energy up to the settling time is E(t_max) - q* (t_max - t_s), to O(tol (t_max - t_s)/t_s)
     # of itself (the exact paths integrate to t_s). Without `energy`, NaN.
