@@ -77,6 +77,11 @@ class SettleObserver(dfx.AbstractWrappedSolver):
     def error_order(self, terms):
         return self.solver.error_order(terms)
 
+    @property
+    def _theta(self):
+        """The sub-points of a step, as fractions of it (NumPy)."""
+        return np.arange(self.substeps + 1) / self.substeps
+
     def _dev(self, y):
         """max_i |d_i| / fs and sum_i d_i^2 / fs^2 of the deviations d = outputs - v*."""
         d = y[..., : self.n_outputs] - self.v_ref
@@ -126,7 +131,7 @@ class SettleObserver(dfx.AbstractWrappedSolver):
         t0_ = jnp.asarray(t0, dtype)
         t1_ = jnp.asarray(t1, dtype)
         h = t1_ - t0_
-        theta = np.arange(m + 1) / m
+        theta = self._theta
         s = t0_ + h * jnp.asarray(theta, dtype)
         dev, sq = self._dev(self._interpolate_outputs(t0, t1, dense_info, s, theta))
 
@@ -148,8 +153,9 @@ class SettleObserver(dfx.AbstractWrappedSolver):
         track = Track(integral=integral, max_dev=max_dev, last=last)
         return y1, y_error, dense_info, (inner_state, track), result
 
-    def t_last(self, track: Track, t_start=0.0):
-        """The last time any output was outside the band (`t_start` if none ever was).
+    def t_last(self, track: Track):
+        """The last time any output was outside the band (the start of the solve if none
+        ever was: the record starts as an empty step there).
 
         In the recorded step: the end of the step if the deviation is still above the band
         there; otherwise the last downward crossing between sub-points, first by linear
@@ -170,7 +176,7 @@ class SettleObserver(dfx.AbstractWrappedSolver):
         dtype = c.dev.dtype
         tol = self.tol
         dev = c.dev
-        s = c.t0 + (c.t1 - c.t0) * jnp.asarray(np.arange(m + 1) / m, dtype)
+        s = c.t0 + (c.t1 - c.t0) * jnp.asarray(self._theta, dtype)
         above = dev > tol
         cross = above[:-1] & ~above[1:]
         kk = jnp.clip(jnp.max(jnp.where(cross, jnp.arange(m), -1)), 0, m - 1)
@@ -186,7 +192,7 @@ class SettleObserver(dfx.AbstractWrappedSolver):
             u = jnp.clip(jnp.where(dp < 0, u - p / jnp.where(dp < 0, dp, -1), u), ulo, ulo + 1)
         tc = c.t0 + (c.t1 - c.t0) * (j0.astype(dtype) + u) / m
         t = jnp.where(above[-1], s[-1], tc)
-        return jnp.where(c.found, t, jnp.asarray(t_start, dtype))
+        return jnp.where(c.found, t, c.t0)
 
     def func(self, terms, t0, y0, args):
         return self.solver.func(terms, t0, y0, args)

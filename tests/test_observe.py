@@ -55,8 +55,11 @@ def test_crossing_end_and_none():
     # Still above the band at the end of the recorded step: the end of the step.
     dev = np.linspace(3e-3, 2e-3, 9)
     assert float(obs.t_last(_track(dev, 1.0, 2.0))) == 2.0
-    # Never outside the band: the start time.
-    assert float(obs.t_last(_track(np.zeros(9), 0.0, 0.0, found=False), t_start=0.25)) == 0.25
+    # Never outside the band: the start time (the empty record's step, set by `init`).
+    assert float(obs.t_last(_track(np.zeros(9), 0.25, 0.25, found=False))) == 0.25
+    term = dfx.ODETerm(lambda t, y, args: -y)
+    _, track = obs.init(term, 0.25, 1.0, jnp.zeros(2), None)
+    assert float(obs.t_last(track)) == 0.25
 
 
 def test_crossing_between_two_kinks_stays_bracketed():
