@@ -269,6 +269,39 @@ def _lagrange(vals, u):
     return p, dp
 
 
+class StopWhenSettled(dfx.AbstractStepSizeController):
+    """Wraps a step-size controller to end the solve after the first accepted step that ends
+    with every state within `band` of `y_ref`, when `certified` says no state's deviation can
+    grow again.
+
+    The end is reported as `diffrax.RESULTS.event_occurred`, as a `diffrax.Event` would be:
+    diffrax then leaves its loop and keeps the step's end as the final time. (An `Event`
+    carries the last step's dense output in the loop state, which measured 20 % slower
+    gradients at N = 16; a solver's own result is overwritten by the controller's.)
+    """
+
+    controller: dfx.AbstractStepSizeController
+    y_ref: Float[Array, " states"]
+    band: Float[Array, ""]
+    certified: Any  # bool
+
+    def wrap(self, direction):
+        return eqx.tree_at(lambda c: c.controller, self, self.controller.wrap(direction))
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        return self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
+        out = self.controller.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, state
+        )
+        keep_step, result = out[0], out[-1]
+        y1 = jax.lax.stop_gradient(y1_candidate[: self.y_ref.shape[0]])
+        inside = jnp.max(jnp.abs(y1 - self.y_ref)) <= self.band
+        done = keep_step & self.certified & inside & (result == dfx.RESULTS.successful)
+        return out[:-1] + (dfx.RESULTS.where(done, dfx.RESULTS.event_occurred, result),)
+
+
 def resolve_implicit_tolerances(solver: Any, controller: Any) -> Any:
     """Give an implicit solver's root finder the controller's rtol/atol before wrapping it.
 

@@ -11,7 +11,7 @@ from jaxtyping import Array, Float
 
 from ._circuits import AbstractCircuit
 from ._linalg import solve
-from ._observe import SettleObserver, resolve_implicit_tolerances
+from ._observe import SettleObserver, StopWhenSettled, resolve_implicit_tolerances
 from ._rk import Unrolled
 from ._solution import RESULTS, Solution
 from ._validate import check_flag, check_positive, is_concrete
@@ -164,6 +164,7 @@ def simulate(
     stability: bool = True,
     substeps: int = 8,
     energy: bool = True,
+    stop_when_settled: bool = False,
     throw: bool = True,
 ) -> Solution:
     r"""Integrate a circuit's transient from rest (all outputs 0 V, input stepped on at $t=0$).
@@ -209,6 +210,17 @@ def simulate(
       need settling time and error. The other fields then agree with `energy=True` to the
       solver's tolerance, not bitwise, since the energy state no longer enters the step-size
       control.
+    - `stop_when_settled`: end the transient as soon as settling is *certified*, instead of
+      at `t_max` (linear circuits, `n_save=0`). The certificate: when the Jacobian's
+      $\infty$-norm logarithmic norm $\mu_\infty(J) = \max_i (J_{ii} + \sum_{j\ne i}
+      |J_{ij}|)$ is $\le 0$, $\max_k |y_k - y^*_k|$ never increases, so once every state is
+      within $\varepsilon\cdot$FS of its equilibrium no output can leave the band again and
+      the settling time is final. That holds for diagonally dominant loops (e.g.
+      `random-dd`); otherwise the run goes on to `t_max` as without the option. When it
+      stops early, `t_max` is the stop time, `v_final`/`solution`/`rel_error` are the outputs
+      at that time (within the band of the equilibrium `v_steady`, not at it), and
+      `settle_integral` covers $[0, t_\mathrm{stop}]$ (the tail it leaves out is
+      $O(\varepsilon^2)$ of it). Under `vmap` a batch stops when all its circuits have.
     - `throw`: raise on any outcome other than `settled`; with `False` read `Solution.result`.
 
     **Returns:** a [`amcdyn.Solution`][].
@@ -218,6 +230,17 @@ def simulate(
     if not isinstance(substeps, int) or substeps < 2 or substeps % 2:
         raise ValueError(f"`substeps` must be an even int >= 2, got {substeps!r}")
     check_flag("energy", energy)
+    check_flag("stop_when_settled", stop_when_settled)
+    if stop_when_settled:
+        if n_save:
+            raise ValueError(
+                "`stop_when_settled` needs `n_save=0` (the saved waveform spans [0, t_max])"
+            )
+        if circuit.nonlinear:
+            raise ValueError(
+                "`stop_when_settled` needs a linear circuit (its certificate uses the "
+                "Jacobian; this circuit has op-amp rails or slew-rate limits)"
+            )
     if solver is None:
         solver = _pick_solver(circuit)
     return _simulate(
@@ -232,6 +255,7 @@ def simulate(
         stability or t_max is None,
         substeps,
         energy,
+        stop_when_settled,
         throw,
     )
 
@@ -249,6 +273,7 @@ def _simulate(
     stability,
     substeps,
     energy: bool,
+    stop_when_settled: bool,
     throw,
 ):
     (dyn, dtype, tol, y_ss, v_ss, fs_safe, w_ref, lam, maxre, tau_slow, osc, stable, t_end) = (
@@ -330,6 +355,8 @@ def _simulate(
         )
     else:
         saveat = dfx.SaveAt(t1=True, solver_state=True)
+    if stop_when_settled:
+        controller = _settled_stop(controller, dyn, y_ss, tol * fs_safe)
     sol = dfx.diffeqsolve(
         term,
         observer,
@@ -343,6 +370,9 @@ def _simulate(
         max_steps=max_steps,
         throw=False,
     )
+    if stop_when_settled:
+        # The simulated interval ends at the stop time (t_max when it did not stop early).
+        t_end = jnp.where(sol.result == dfx.RESULTS.event_occurred, sol.ts[-1] / w_ref, t_end)
     if n_save > 0:
         vs, y_final = sol.ys[0], sol.ys[1][-1]
         ts = ts / w_ref
@@ -430,6 +460,17 @@ def _simulate(
     if throw:
         out = result.error_if(out, result != RESULTS.settled)
     return out
+
+
+def _settled_stop(controller, dyn, y_ss, band):
+    """`controller`, made to stop the solve once settling is certified: the Jacobian's
+    infinity-norm log norm is <= 0 (so max_k |y_k - y*_k| cannot grow) and every state is
+    within `band` of the equilibrium."""
+    jac = jax.lax.stop_gradient(dyn.jacobian())
+    diag = jnp.diagonal(jac)
+    lognorm = jnp.max(diag + jnp.sum(jnp.abs(jac), axis=1) - jnp.abs(diag))
+    y_ss, band = jax.lax.stop_gradient((y_ss, band))
+    return StopWhenSettled(controller, y_ref=y_ss, band=band, certified=lognorm <= 0)
 
 
 def _check_simulator(circuit, name):

@@ -188,12 +188,19 @@ def bench_size(n, args, log):
     def fields(s):
         return s.settling_time, s.rel_error, s.result._value, s.energy
 
-    # --- amcdyn ODE path (diffrax, Unrolled(Tsit5)), batched, float32
-    def one_ode(ai, bi):
+    # --- amcdyn ODE path (diffrax, Unrolled(Tsit5)), batched, float32; to t_max, and stopped
+    # once settling is certified (`stop_when_settled`)
+    def one_ode(ai, bi, stop=False):
         c = amcdyn.INV.from_matrix(ai, bi)
         return fields(
             amcdyn.simulate(
-                c, t_max=t_max, n_save=0, stability=False, energy=False, throw=False
+                c,
+                t_max=t_max,
+                n_save=0,
+                stability=False,
+                energy=False,
+                stop_when_settled=stop,
+                throw=False,
             )
         )
 
@@ -205,6 +212,18 @@ def bench_size(n, args, log):
     row["ode_us"] = 1e6 * row["ode_s"] / BATCH
     row["ode_settled"] = int(np.sum(np.asarray(status) == 0))
     log(f"  N={n}: ODE {row['ode_us']:.1f} us/circuit")
+    ode_stop = jax.jit(lambda a_, b_: batched(lambda x, y: one_ode(x, y, stop=True), a_, b_))
+    row["stop_s"], (ts_stop, err_stop, status_stop, _) = timeit(
+        ode_stop, a32, b32, repeat=args.repeat
+    )
+    row["stop_us"] = 1e6 * row["stop_s"] / BATCH
+    row["stop_settled"] = int(np.sum(np.asarray(status_stop) == 0))
+    # Stopping changes nothing before the stop: the same settling times (to rounding: the two
+    # programs may fuse differently).
+    np.testing.assert_allclose(np.asarray(ts_stop), np.asarray(ts), rtol=1e-5)
+    row["err_p50"] = float(np.median(np.asarray(err)))
+    row["stop_err_p50"] = float(np.median(np.asarray(err_stop)))
+    log(f"  N={n}: ODE, stop when settled {row['stop_us']:.1f} us/circuit")
 
     # --- amcdyn exact-propagator path, batched, float32; without and with the energy
     def one_expm(ai, bi, energy=False):
@@ -279,6 +298,18 @@ def bench_size(n, args, log):
             ),
         ),
         (
+            "stop",
+            lambda c: amcdyn.simulate(
+                c,
+                t_max=t_max,
+                n_save=0,
+                stability=False,
+                energy=False,
+                stop_when_settled=True,
+                throw=False,
+            ),
+        ),
+        (
             "expm",
             lambda c: amcdyn.simulate_expm(
                 c, t_max=t_max, n_steps=EXPM_STEPS, stability=False, energy=False, throw=False
@@ -292,13 +323,17 @@ def bench_size(n, args, log):
         row[f"{name}_grad_ratio"] = grad_s / fwd_s
 
     row["ode_vs_spice"] = row["ngspice_ms"] * 1e3 / row["ode_us"]
+    row["stop_vs_spice"] = row["ngspice_ms"] * 1e3 / row["stop_us"]
     row["expm_vs_spice"] = row["ngspice_ms"] * 1e3 / row["expm_us"]
     row["an_vs_spice"] = row["ngspice_ms"] * 1e3 / row["an_us"]
     if "ngspice_par_ms" in row:
         row["expm_vs_spice_par"] = row["ngspice_par_ms"] * 1e3 / row["expm_us"]
         row["ode_vs_spice_par"] = row["ngspice_par_ms"] * 1e3 / row["ode_us"]
+        row["stop_vs_spice_par"] = row["ngspice_par_ms"] * 1e3 / row["stop_us"]
     log(
         f"  N={n}: ODE {row['ode_us']:.1f} us/circuit ({row['ode_vs_spice']:.0f}x ngspice), "
+        f"stop when settled {row['stop_us']:.1f} us ({row['stop_vs_spice']:.0f}x, "
+        f"grad/fwd {row['stop_grad_ratio']:.2f}), "
         f"expm {row['expm_us']:.1f} us ({row['expm_vs_spice']:.0f}x), "
         f"analytic {row['an_us']:.1f} us ({row['an_vs_spice']:.0f}x), "
         f"compile {row['compile_s']:.1f} s, "
@@ -322,7 +357,10 @@ def write_table(rows, path, complete):
         f"(rtol 1e-5), float32; expm: exact propagator (`simulate_expm`, {EXPM_STEPS} steps), "
         "float32; both "
         "with settling time and error per circuit, without the resistive energy "
-        "(`energy=False`), no waveform saved; expm + energy: the same with `energy=True`; "
+        "(`energy=False`), no waveform saved; ODE stop: the ODE path with "
+        "`stop_when_settled=True` (ends once settling is certified instead of at t_max; same "
+        "settling times, and its error is that of the outputs at the stop: median columns); "
+        "expm + energy: the same with `energy=True`; "
         "analytic: "
         "eigendecomposition, float64 (the reference for the settling-time columns). grad/fwd: "
         "batched loss over 256 circuits. Ratios are from this run."
@@ -340,12 +378,17 @@ def write_table(rows, path, complete):
         "| expm [us/circuit] | expm vs ngspice | expm + energy [us/circuit] "
         "| analytic [us/circuit] | compile ODE [s] "
         "| grad/fwd ODE | grad/fwd expm | settled ODE / expm | ODE settle vs exact "
-        "| expm settle vs exact | ngspice-tight settle vs exact |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| expm settle vs exact | ngspice-tight settle vs exact "
+        "| ODE stop [us/circuit] | ODE stop vs ngspice | grad/fwd ODE stop | settled ODE stop "
+        "| error p50 ODE / ODE stop |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     if any("ngspice_par_ms" in r for r in rows):
-        lines[-2] += " ngspice xK [ms/circuit] | ODE vs ngspice xK | expm vs ngspice xK |"
-        lines[-1] += "---|---|---|"
+        lines[-2] += (
+            " ngspice xK [ms/circuit] | ODE vs ngspice xK | expm vs ngspice xK "
+            "| ODE stop vs ngspice xK |"
+        )
+        lines[-1] += "---|---|---|---|"
     for r in rows:
         lines.append(
             f"| {r['n']} | {r['states']} | {r['ngspice_ms']:.1f} | {r['ngspice_tight_ms']:.1f} | "
@@ -354,10 +397,12 @@ def write_table(rows, path, complete):
             f"{r['compile_s']:.1f} | "
             f"{r['ode_grad_ratio']:.2f} | {r['expm_grad_ratio']:.2f} | "
             f"{r['ode_settled']}/{r['expm_settled']} of {BATCH} | {r['settle_vs_exact']:.1e} | "
-            f"{r['expm_settle_vs_exact']:.1e} | {r['spice_settle_vs_exact']:.1e} |"
+            f"{r['expm_settle_vs_exact']:.1e} | {r['spice_settle_vs_exact']:.1e} | "
+            f"{r['stop_us']:.1f} | {r['stop_vs_spice']:,.0f}x | {r['stop_grad_ratio']:.2f} | "
+            f"{r['stop_settled']} | {r['err_p50']:.1e} / {r['stop_err_p50']:.1e} |"
             + (
                 f" {r['ngspice_par_ms']:.1f} | {r['ode_vs_spice_par']:,.0f}x |"
-                f" {r['expm_vs_spice_par']:,.0f}x |"
+                f" {r['expm_vs_spice_par']:,.0f}x | {r['stop_vs_spice_par']:,.0f}x |"
                 if "ngspice_par_ms" in r
                 else ""
             )
