@@ -384,8 +384,10 @@ def _simulate(
         throw=False,
     )
     if stop_when_settled:
-        # The simulated interval ends at the stop time (t_max when it did not stop early).
-        t_end = jnp.where(sol.result == dfx.RESULTS.event_occurred, sol.ts[-1] / w_ref, t_end)
+        # The simulated interval ends at the stop time (t_max when it did not stop early): a
+        # step boundary, chosen discretely, so without a derivative (as the default t_max).
+        t_stop = jax.lax.stop_gradient(sol.ts[-1] / w_ref)
+        t_end = jnp.where(sol.result == dfx.RESULTS.event_occurred, t_stop, t_end)
     if n_save > 0:
         vs, y_final = sol.ys[0], sol.ys[1][-1]
         ts = ts / w_ref

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import well_conditioned
+from helpers import laplacian_1d, well_conditioned
 
 import amcdyn
 
@@ -80,6 +80,19 @@ def test_uncertified_circuit_runs_to_t_max():
     assert float(short.t_max) == float(full.t_max)
     assert float(short.settling_time) == float(full.settling_time)
     assert float(short.rel_error) == float(full.rel_error)
+
+
+def test_stiff_loop_with_an_implicit_solver_stops_early():
+    # A 1-D Laplacian (decay rates spread over ~200x: `simulate` picks Kvaerno5) is
+    # diagonally dominant: certified.
+    a = laplacian_1d(8)
+    c = amcdyn.INV.from_matrix(a, np.linspace(-0.5, 0.5, 8))
+    assert _lognorm(c) <= 0
+    full, short = _both(c, solver=dfx.Kvaerno5())
+    exact = amcdyn.simulate_analytic(c, n_save=0)
+    assert int(short.num_steps) < int(full.num_steps)
+    assert float(short.settling_time) == float(full.settling_time)
+    np.testing.assert_allclose(float(short.settling_time), float(exact.settling_time), rtol=5e-3)
 
 
 def test_mvm_stops_early():
