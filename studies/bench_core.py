@@ -190,19 +190,19 @@ def bench_size(n, args, log):
 
     # --- amcdyn ODE path (diffrax, Unrolled(Tsit5)), batched, float32; to t_max, and stopped
     # once settling is certified (`stop_when_settled`)
-    def one_ode(ai, bi, stop=False):
-        c = amcdyn.INV.from_matrix(ai, bi)
-        return fields(
-            amcdyn.simulate(
-                c,
-                t_max=t_max,
-                n_save=0,
-                stability=False,
-                energy=False,
-                stop_when_settled=stop,
-                throw=False,
-            )
+    def ode_sim(c, stop=False):
+        return amcdyn.simulate(
+            c,
+            t_max=t_max,
+            n_save=0,
+            stability=False,
+            energy=False,
+            stop_when_settled=stop,
+            throw=False,
         )
+
+    def one_ode(ai, bi, stop=False):
+        return fields(ode_sim(amcdyn.INV.from_matrix(ai, bi), stop))
 
     ode = jax.jit(lambda a_, b_: batched(one_ode, a_, b_))
     t = time.perf_counter()
@@ -291,24 +291,8 @@ def bench_size(n, args, log):
     nb = 256
     a_one, b_one = jnp.asarray(a[:nb], jnp.float32), jnp.asarray(b[:nb], jnp.float32)
     for name, sim in (
-        (
-            "ode",
-            lambda c: amcdyn.simulate(
-                c, t_max=t_max, n_save=0, stability=False, energy=False, throw=False
-            ),
-        ),
-        (
-            "stop",
-            lambda c: amcdyn.simulate(
-                c,
-                t_max=t_max,
-                n_save=0,
-                stability=False,
-                energy=False,
-                stop_when_settled=True,
-                throw=False,
-            ),
-        ),
+        ("ode", ode_sim),
+        ("stop", lambda c: ode_sim(c, stop=True)),
         (
             "expm",
             lambda c: amcdyn.simulate_expm(
