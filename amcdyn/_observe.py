@@ -87,10 +87,11 @@ class SettleObserver(dfx.AbstractWrappedSolver):
         d = y[..., : self.n_outputs] - self.v_ref
         return _max_abs(d) / self.fs, jnp.sum(d * d, axis=-1) / self.fs**2
 
-    def _interpolate_outputs(self, t0, t1, dense_info, s, theta):
-        """Outputs (the first `n_outputs` states) of the step's dense interpolant at times
-        `s`, which are the fixed fractions `theta` (a NumPy array) of the step."""
+    def _interpolate_outputs(self, t0, t1, dense_info, dtype):
+        """Outputs (the first `n_outputs` states) of the step's dense interpolant at its
+        sub-points (the fixed fractions `_theta` of the step), in `dtype`."""
         n = self.n_outputs
+        theta = self._theta
         cls = self.solver.interpolation_cls
         if set(dense_info) == {"y0", "y1", "k"}:
             # diffrax's Runge-Kutta interpolants are linear in (y0, y1, k), with coefficients
@@ -101,11 +102,13 @@ class SettleObserver(dfx.AbstractWrappedSolver):
             # a product with the weights would be a batched dot plus two transposes).
             stages = dense_info["k"].shape[0]
             with jax.ensure_compile_time_eval():
-                e = jnp.asarray(np.eye(2 + stages), s.dtype)
+                e = jnp.asarray(np.eye(2 + stages), dtype)
                 basis = cls(t0=0.0, t1=1.0, y0=e[0], y1=e[1], k=e[2:])
-                w = np.asarray(jax.vmap(basis.evaluate)(jnp.asarray(theta, s.dtype)))
+                w = np.asarray(jax.vmap(basis.evaluate)(jnp.asarray(theta, dtype)))
             z = [dense_info["y0"][:n], dense_info["y1"][:n], dense_info["k"][:, :n]]
-            return _weighted_sum(w, *(x.astype(s.dtype) for x in z))
+            return _weighted_sum(w, *(x.astype(dtype) for x in z))
+        t0, t1 = jnp.asarray(t0, dtype), jnp.asarray(t1, dtype)
+        s = t0 + (t1 - t0) * jnp.asarray(theta, dtype)
         interp = cls(t0=t0, t1=t1, **dense_info)
         return jax.vmap(interp.evaluate)(s)[:, :n]
 
@@ -131,9 +134,7 @@ class SettleObserver(dfx.AbstractWrappedSolver):
         t0_ = jnp.asarray(t0, dtype)
         t1_ = jnp.asarray(t1, dtype)
         h = t1_ - t0_
-        theta = self._theta
-        s = t0_ + h * jnp.asarray(theta, dtype)
-        dev, sq = self._dev(self._interpolate_outputs(t0, t1, dense_info, s, theta))
+        dev, sq = self._dev(self._interpolate_outputs(t0, t1, dense_info, dtype))
 
         # Integral of the squared deviation: composite Simpson (m even) on the sub-points.
         w = np.where(np.arange(m + 1) % 2 == 1, 4.0, 2.0)
@@ -176,7 +177,6 @@ class SettleObserver(dfx.AbstractWrappedSolver):
         dtype = c.dev.dtype
         tol = self.tol
         dev = c.dev
-        s = c.t0 + (c.t1 - c.t0) * jnp.asarray(self._theta, dtype)
         above = dev > tol
         cross = above[:-1] & ~above[1:]
         kk = jnp.clip(jnp.max(jnp.where(cross, jnp.arange(m), -1)), 0, m - 1)
@@ -191,7 +191,7 @@ class SettleObserver(dfx.AbstractWrappedSolver):
             p, dp = _lagrange(vals, u)
             u = jnp.clip(jnp.where(dp < 0, u - p / jnp.where(dp < 0, dp, -1), u), ulo, ulo + 1)
         tc = c.t0 + (c.t1 - c.t0) * (j0.astype(dtype) + u) / m
-        t = jnp.where(above[-1], s[-1], tc)
+        t = jnp.where(above[-1], c.t1, tc)
         return jnp.where(c.found, t, c.t0)
 
     def func(self, terms, t0, y0, args):
